@@ -1,0 +1,101 @@
+//! HTTP only: routes, extractors, representations and the problem+json mapping. Business
+//! decisions live in `pipeline`; this layer parses, calls, and renders.
+
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod ops;
+pub mod representations;
+pub mod respond;
+pub mod transactions;
+pub mod wallets;
+
+use actix_web::{Route, web};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use error::ApiError;
+
+/// Routes of the service. Each resource answers 405 (with `Allow`) for other methods; unknown
+/// paths answer 404, both as problem documents.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .service(resource("/healthz", web::get().to(ops::healthz), "GET"))
+        .service(resource("/readyz", web::get().to(ops::readyz), "GET"))
+        .service(resource("/metrics", web::get().to(ops::metrics), "GET"))
+        .service(resource(
+            "/openapi.json",
+            web::get().to(ops::openapi),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/wallets",
+            web::post().to(wallets::create_wallet),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}",
+            web::get().to(wallets::get_wallet),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}/debit",
+            web::post().to(wallets::debit),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}/credit",
+            web::post().to(wallets::credit),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}/ledger",
+            web::get().to(wallets::ledger),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/transactions/{id}",
+            web::get().to(transactions::get_transaction),
+            "GET",
+        ))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
+        }));
+}
+
+fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || async move {
+            Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(allow))
+        }))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "walletd", description = "Idempotent wallet debit/credit service. Errors are RFC 9457 problem documents with a stable `code`."),
+    paths(
+        wallets::create_wallet, wallets::get_wallet, wallets::debit, wallets::credit, wallets::ledger,
+        transactions::get_transaction,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, rendered once at start.
+pub fn openapi_json() -> anyhow::Result<String> {
+    Ok(ApiDoc::openapi().to_pretty_json()?)
+}

@@ -1,0 +1,114 @@
+//! Operational routes (no authentication): liveness, readiness, metrics, the OpenAPI document.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use futures_util::future::join_all;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::respond::json_ok;
+use crate::db;
+use crate::startup::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Result<HttpResponse, ApiError> {
+    json_ok(&Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RedisNodeStatus {
+    /// `host:port` (never a password).
+    node: String,
+    /// `up` or `down`.
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, `degraded` (ready, some Redis nodes down) or `unavailable`.
+    status: &'static str,
+    /// `up` or `down`.
+    postgres: &'static str,
+    redis: Vec<RedisNodeStatus>,
+}
+
+/// Readiness: 200 when Postgres answers and migrations are applied, else 503.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let postgres_up = postgres_ready(&state).await;
+    let redis = join_all(state.redis.all().iter().map(|node| async move {
+        RedisNodeStatus {
+            node: node.label().to_owned(),
+            status: if node.ping().await { "up" } else { "down" },
+        }
+    }))
+    .await;
+    let redis_all_up = redis.iter().all(|n| n.status == "up");
+    let status = match (postgres_up, redis_all_up) {
+        (false, _) => "unavailable",
+        (true, true) => "ready",
+        (true, false) => "degraded",
+    };
+    let body = Readiness {
+        status,
+        postgres: if postgres_up { "up" } else { "down" },
+        redis,
+    };
+    let code = if postgres_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut response = HttpResponse::build(code);
+    if !postgres_up {
+        response.insert_header((header::RETRY_AFTER, "1"));
+    }
+    response.json(body)
+}
+
+async fn postgres_ready(state: &AppState) -> bool {
+    let Ok(mut conn) = state.db.get().await else {
+        return false;
+    };
+    match db::migrations_applied(&mut conn).await {
+        Ok(applied) => applied,
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            false
+        }
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state
+        .metrics
+        .render(state.db.status())
+        .map_err(ApiError::Internal)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        ))
+        .body(text))
+}
+
+/// This API's OpenAPI 3.1 document, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI document")))]
+pub async fn openapi(doc: web::Data<String>) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .body(doc.get_ref().clone())
+}

@@ -1,0 +1,130 @@
+//! The JSON shapes of API.md: a wallet and a transaction (one ledger entry).
+//!
+//! Amounts are strings with exactly the currency's minor-unit digits; ids are lowercase UUIDs;
+//! timestamps are RFC 3339 UTC with microseconds. Rendered from database rows (as returned by
+//! the writing statement), so a 201, its replay and a later GET show the same values.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::models::{LedgerEntryRow, WalletRow};
+use crate::domain::Currency;
+
+pub fn render_timestamp(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+fn currency_of(code: &str) -> anyhow::Result<Currency> {
+    Currency::parse(code.trim()).map_err(|e| anyhow::anyhow!("stored currency is invalid: {e}"))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Wallet {
+    #[schema(example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a")]
+    pub id: String,
+    #[schema(example = "EUR")]
+    pub currency: String,
+    pub owner_ref: Option<String>,
+    #[schema(example = "100.00")]
+    pub balance: String,
+    #[schema(example = "0.00")]
+    pub held: String,
+    /// `balance - held + overdraft_limit`; never below 0.
+    #[schema(example = "100.00")]
+    pub available: String,
+    #[schema(example = "0.00")]
+    pub overdraft_limit: String,
+    /// Raised by every change to the wallet.
+    pub version: i64,
+    #[schema(example = "active")]
+    pub status: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl Wallet {
+    pub fn from_row(row: &WalletRow) -> anyhow::Result<Self> {
+        let currency = currency_of(&row.currency)?;
+        Ok(Self {
+            id: row.id.hyphenated().to_string(),
+            currency: currency.code().to_owned(),
+            owner_ref: row.owner_ref.clone(),
+            balance: currency.render(row.balance),
+            held: currency.render(row.held),
+            available: currency.render(row.available()),
+            overdraft_limit: currency.render(row.overdraft_limit),
+            version: row.version,
+            status: row.status.clone(),
+            created_at: render_timestamp(row.created_at),
+            updated_at: render_timestamp(row.updated_at),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Transaction {
+    pub id: String,
+    pub wallet_id: String,
+    /// `debit` or `credit`.
+    #[serde(rename = "type")]
+    #[schema(example = "debit")]
+    pub kind: String,
+    #[schema(example = "12.50")]
+    pub amount: String,
+    #[schema(example = "EUR")]
+    pub currency: String,
+    #[schema(example = "100.00")]
+    pub balance_before: String,
+    #[schema(example = "87.50")]
+    pub balance_after: String,
+    /// Per-wallet, gapless, starting at 1.
+    pub seq: i64,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    pub idempotency_key: String,
+    pub created_at: String,
+}
+
+impl Transaction {
+    pub fn from_row(row: &LedgerEntryRow) -> anyhow::Result<Self> {
+        let currency = currency_of(&row.currency)?;
+        Ok(Self {
+            id: row.id.hyphenated().to_string(),
+            wallet_id: row.wallet_id.hyphenated().to_string(),
+            kind: row.entry_type.clone(),
+            amount: currency.render(row.amount),
+            currency: currency.code().to_owned(),
+            balance_before: currency.render(row.balance_before),
+            balance_after: currency.render(row.balance_after),
+            seq: row.seq,
+            reference: row.reference.clone(),
+            description: row.description.clone(),
+            metadata: row.metadata.clone(),
+            idempotency_key: row.idempotency_key.clone(),
+            created_at: render_timestamp(row.created_at),
+        })
+    }
+}
+
+/// A page of a wallet's ledger, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<Transaction>,
+    /// Pass as `after` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn timestamps_have_microseconds_and_zulu() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 23, 18, 4, 5).unwrap();
+        assert_eq!(render_timestamp(at), "2026-11-23T18:04:05.000000Z");
+    }
+}

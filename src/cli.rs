@@ -1,0 +1,159 @@
+//! The `walletd` command line: serve, migrate, tenant and key management.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+
+use crate::auth::keys::{self, IssuedKey};
+use crate::config::Settings;
+use crate::db;
+use crate::domain::{KeyId, Scope, TenantId};
+use crate::startup::Application;
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walletd",
+    version,
+    about = "Idempotent wallet debit/credit service"
+)]
+pub struct Cli {
+    /// Directory holding default.toml and $WALLETD_ENV.toml.
+    #[arg(
+        long,
+        env = "WALLETD_CONFIG_DIR",
+        default_value = "config",
+        global = true
+    )]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (applies migrations first unless disabled).
+    Serve {
+        /// Skip migrations at start (also: database.run_migrations_on_start = false).
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Create the database if missing and apply migrations.
+    Migrate,
+    /// Tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and its first API key; prints {"tenant_id","key_id","api_key"}.
+    Create {
+        name: String,
+        /// Comma-separated: wallets:write,wallets:read,ledger:read (default: all three).
+        #[arg(long)]
+        scopes: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Create another API key for a tenant; prints {"tenant_id","key_id","api_key"}.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        scopes: Option<String>,
+    },
+    /// Revoke a key: it answers 401 from then on (within auth.cache_ttl_ms on every replica).
+    Revoke { key_id: String },
+}
+
+pub async fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = ?error, "walletd failed");
+            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&cli.config_dir)?;
+    telemetry::init(settings.log.format);
+    match cli.command {
+        Command::Serve { no_migrate } => {
+            if settings.database.run_migrations_on_start && !no_migrate {
+                migrate(&settings).await?;
+            }
+            Application::build(&settings)?.run_until_stopped().await?;
+            Ok(())
+        }
+        Command::Migrate => migrate(&settings).await,
+        Command::Tenant {
+            command: TenantCommand::Create { name, scopes },
+        } => {
+            let scopes = parse_scopes(scopes.as_deref())?;
+            let mut conn = connect(&settings).await?;
+            print_key(&keys::create_tenant(&mut conn, &name, &scopes).await?)
+        }
+        Command::Key {
+            command: KeyCommand::Create { tenant, scopes },
+        } => {
+            let tenant = TenantId::parse(&tenant).context("--tenant is not a tenant id")?;
+            let scopes = parse_scopes(scopes.as_deref())?;
+            let mut conn = connect(&settings).await?;
+            print_key(&keys::create_key(&mut conn, tenant, &scopes).await?)
+        }
+        Command::Key {
+            command: KeyCommand::Revoke { key_id },
+        } => {
+            let key = KeyId::parse(&key_id).context("not a key id")?;
+            let mut conn = connect(&settings).await?;
+            anyhow::ensure!(
+                keys::revoke_key(&mut conn, key).await?,
+                "no active key {key}"
+            );
+            tracing::info!(%key, "key revoked");
+            Ok(())
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    db::create_database_if_missing(&settings.database.url).await?;
+    db::run_migrations(&settings.database.url).await
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<AsyncPgConnection> {
+    AsyncPgConnection::establish(&settings.database.url)
+        .await
+        .with_context(|| format!("connecting to {}", db::redact(&settings.database.url)))
+}
+
+fn parse_scopes(text: Option<&str>) -> anyhow::Result<Vec<Scope>> {
+    match text {
+        None => Ok(Scope::ALL.to_vec()),
+        Some(text) => Ok(Scope::parse_list(text)?),
+    }
+}
+
+fn print_key(key: &IssuedKey) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", serde_json::to_string(key)?)?;
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Settings: `config/default.toml`, overlaid by `config/$WALLETD_ENV.toml`, overlaid by
+//! `WALLETD__SECTION__KEY` environment variables; `DATABASE_URL`, `REDIS_URLS` and `WALLETD_BIND`
+//! always win. Units are in the names (`_ms`, `_s`); every option is described in
+//! `config/default.toml`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// `config/default.toml`, compiled in.
+const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub log: LogSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub lock: LockSettings,
+    pub idempotency: IdempotencySettings,
+    pub rate_limit: RateLimitSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub workers: usize,
+    pub shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub run_migrations_on_start: bool,
+    pub pool_max_size: usize,
+    pub pool_wait_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
+    pub idle_in_transaction_session_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub urls: Vec<String>,
+    pub pool_max_size: usize,
+    pub command_timeout_ms: u64,
+}
+
+/// What the wallet lock does when a quorum of Redis nodes cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisUnavailablePolicy {
+    /// Proceed under the Postgres row lock alone: still exactly-once, only less contention
+    /// shedding. The default, because correctness never rested on Redis.
+    DatabaseOnly,
+    /// Answer 503 `unavailable`.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSettings {
+    pub ttl_ms: u64,
+    pub wait_ms_max: u64,
+    pub retry_delay_ms_min: u64,
+    pub retry_delay_ms_max: u64,
+    pub redis_unavailable: RedisUnavailablePolicy,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub requests_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub cache_ttl_ms: u64,
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` (normally `./config`) and the process environment.
+    pub fn load(config_dir: &Path) -> anyhow::Result<Self> {
+        let env_name = std::env::var("WALLETD_ENV").ok();
+        let default_file = config_dir.join("default.toml");
+        // Outside the source tree (an installed binary), the defaults built into it apply.
+        let mut builder = if default_file.exists() {
+            config::Config::builder()
+                .add_source(config::File::from(default_file).format(config::FileFormat::Toml))
+        } else {
+            config::Config::builder().add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+        };
+        if let Some(name) = env_name.as_deref().filter(|n| !n.is_empty()) {
+            builder = builder.add_source(
+                config::File::from(config_dir.join(format!("{name}.toml")))
+                    .format(config::FileFormat::Toml),
+            );
+        }
+        let builder = builder
+            .add_source(
+                config::Environment::with_prefix("WALLETD")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .set_override_option("database.url", std::env::var("DATABASE_URL").ok())?
+            .set_override_option("server.bind", std::env::var("WALLETD_BIND").ok())?
+            .set_override_option("redis.urls", redis_urls_from_env())?;
+        let settings: Settings = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .with_context(|| format!("invalid configuration in {}", config_dir.display()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rejects settings that would make a bound meaningless, at start rather than mid-request.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.redis.urls.is_empty(),
+            "redis.urls must name at least one node"
+        );
+        anyhow::ensure!(
+            self.database.pool_max_size >= 1,
+            "database.pool_max_size must be >= 1"
+        );
+        anyhow::ensure!(self.lock.ttl_ms >= 10, "lock.ttl_ms must be >= 10");
+        anyhow::ensure!(
+            self.lock.retry_delay_ms_min <= self.lock.retry_delay_ms_max,
+            "lock.retry_delay_ms_min must be <= lock.retry_delay_ms_max"
+        );
+        anyhow::ensure!(
+            self.idempotency.lease_ms > self.lock.wait_ms_max + self.database.statement_timeout_ms,
+            "idempotency.lease_ms must exceed lock.wait_ms_max + database.statement_timeout_ms"
+        );
+        Ok(())
+    }
+}
+
+fn redis_urls_from_env() -> Option<Vec<String>> {
+    let raw = std::env::var("REDIS_URLS").ok()?;
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (!urls.is_empty()).then_some(urls)
+}
+
+pub fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}

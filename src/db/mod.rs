@@ -1,0 +1,173 @@
+//! The Postgres pool, migrations and database creation.
+//!
+//! Every pooled connection gets `statement_timeout`, `lock_timeout` and
+//! `idle_in_transaction_session_timeout` from the settings, so no query, row-lock wait or
+//! abandoned transaction can hold a request (or a row) for longer than configured.
+
+pub mod errors;
+pub mod models;
+pub mod schema;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, SimpleAsyncConnection,
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
+
+use crate::config::{DatabaseSettings, ms};
+
+pub type PgPool = Pool<AsyncPgConnection>;
+pub type PgConn = AsyncPgConnection;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Builds the pool. Connections are made lazily, so this succeeds while Postgres is down;
+/// requests then answer 503 until it is back.
+pub fn build_pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
+    let session_setup = session_setup_sql(settings);
+    let connect_timeout = ms(settings.connect_timeout_ms);
+    let mut manager_config = ManagerConfig::default();
+    manager_config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        let session_setup = session_setup.clone();
+        async move { establish(&url, connect_timeout, &session_setup).await }.boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &settings.url,
+        manager_config,
+    );
+    let wait = ms(settings.pool_wait_timeout_ms);
+    Pool::builder(manager)
+        .max_size(settings.pool_max_size)
+        .runtime(deadpool::Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(connect_timeout))
+        .recycle_timeout(Some(connect_timeout))
+        .build()
+        .context("building the Postgres pool")
+}
+
+fn session_setup_sql(settings: &DatabaseSettings) -> String {
+    format!(
+        "SET statement_timeout = {}; SET lock_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}; SET TIME ZONE 'UTC';",
+        settings.statement_timeout_ms,
+        settings.lock_timeout_ms,
+        settings.idle_in_transaction_session_timeout_ms
+    )
+}
+
+async fn establish(
+    url: &str,
+    connect_timeout: Duration,
+    session_setup: &str,
+) -> diesel::ConnectionResult<AsyncPgConnection> {
+    let timed_out = || diesel::ConnectionError::BadConnection("connect timed out".into());
+    let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(url))
+        .await
+        .map_err(|_| timed_out())??;
+    conn.batch_execute(session_setup)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    Ok(conn)
+}
+
+/// Applies pending migrations. Needs tokio's multi-threaded runtime (the harness blocks in
+/// place), so it runs before the HTTP server starts.
+pub async fn run_migrations(url: &str) -> anyhow::Result<()> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
+    for version in applied {
+        tracing::info!(%version, "migration applied");
+    }
+    Ok(())
+}
+
+/// True when every embedded migration has been applied (used by `/readyz`).
+pub async fn migrations_applied(conn: &mut PgConn) -> anyhow::Result<bool> {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    diesel::table! {
+        __diesel_schema_migrations (version) {
+            version -> Text,
+        }
+    }
+    let applied: Vec<String> = __diesel_schema_migrations::table
+        .select(__diesel_schema_migrations::version)
+        .load(conn)
+        .await?;
+    Ok(embedded_versions()?.iter().all(|v| applied.contains(v)))
+}
+
+fn embedded_versions() -> anyhow::Result<Vec<String>> {
+    use diesel::migration::MigrationSource;
+    let all = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("reading embedded migrations: {e}"))?;
+    Ok(all.iter().map(|m| m.name().version().to_string()).collect())
+}
+
+/// Creates the database named in `url` if it does not exist, connecting to the server's
+/// `postgres` database to do so.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    let mut parsed = url::Url::parse(url).context("DATABASE_URL is not a URL")?;
+    let name = parsed.path().trim_start_matches('/').to_owned();
+    anyhow::ensure!(!name.is_empty(), "DATABASE_URL names no database");
+    anyhow::ensure!(
+        name.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+        "database name {name:?} may contain only letters, digits, '_' and '-'"
+    );
+    parsed.set_path("/postgres");
+    let mut conn = AsyncPgConnection::establish(parsed.as_str())
+        .await
+        .with_context(|| format!("connecting to {}", redact(parsed.as_str())))?;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    let found: Exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<diesel::sql_types::Text, _>(&name)
+            .get_result(&mut conn)
+            .await?;
+    if !found.exists {
+        conn.batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .or_else(|e| match e {
+                // Another process created it between our check and our CREATE.
+                diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ) => Ok(()),
+                other => Err(other),
+            })
+            .with_context(|| format!("creating database {name}"))?;
+        tracing::info!(database = %name, "database created");
+    }
+    Ok(())
+}
+
+/// A URL with its password replaced, fit for logs and error messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparsable url>".to_owned(),
+    }
+}

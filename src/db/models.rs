@@ -1,0 +1,89 @@
+//! Rows as stored. Converting them to API representations happens in `api::representations`.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use super::schema::{api_keys, ledger_entries, wallets};
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
+pub struct WalletRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub currency: String,
+    pub owner_ref: Option<String>,
+    pub balance: Decimal,
+    pub held: Decimal,
+    pub overdraft_limit: Decimal,
+    pub version: i64,
+    pub last_seq: i64,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WalletRow {
+    /// What the wallet can spend now: `balance - held + overdraft_limit`.
+    pub fn available(&self) -> Decimal {
+        self.balance - self.held + self.overdraft_limit
+    }
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = wallets)]
+pub struct NewWallet<'a> {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub currency: &'a str,
+    pub owner_ref: Option<&'a str>,
+    pub overdraft_limit: Decimal,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = ledger_entries, check_for_backend(diesel::pg::Pg))]
+pub struct LedgerEntryRow {
+    pub wallet_id: Uuid,
+    pub seq: i64,
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub entry_type: String,
+    pub amount: Decimal,
+    pub currency: String,
+    pub balance_before: Decimal,
+    pub balance_after: Decimal,
+    pub reference: Option<String>,
+    pub description: Option<String>,
+    pub metadata: serde_json::Value,
+    pub idempotency_key: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = ledger_entries)]
+pub struct NewLedgerEntry<'a> {
+    pub wallet_id: Uuid,
+    pub seq: i64,
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub entry_type: &'a str,
+    pub amount: Decimal,
+    pub currency: &'a str,
+    pub balance_before: Decimal,
+    pub balance_after: Decimal,
+    pub reference: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub metadata: &'a serde_json::Value,
+    pub idempotency_key: &'a str,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = api_keys, check_for_backend(diesel::pg::Pg))]
+pub struct ApiKeyRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub secret_hash: Vec<u8>,
+    pub scopes: Vec<String>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,85 @@
+// Diesel table definitions for `migrations/`. Written by hand (diesel_cli needs libpq, which this
+// project does not link); `tests/api/schema_drift.rs` checks them against the migrated database.
+
+diesel::table! {
+    tenants (id) {
+        id -> Uuid,
+        name -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        secret_hash -> Bytea,
+        scopes -> Array<Text>,
+        created_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    wallets (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        currency -> Bpchar,
+        owner_ref -> Nullable<Text>,
+        balance -> Numeric,
+        held -> Numeric,
+        overdraft_limit -> Numeric,
+        version -> Int8,
+        last_seq -> Int8,
+        status -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_keys (tenant_id, idempotency_key) {
+        tenant_id -> Uuid,
+        idempotency_key -> Text,
+        fingerprint -> Bytea,
+        wallet_id -> Nullable<Uuid>,
+        state -> Text,
+        lease_token -> Nullable<Uuid>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        response_status -> Nullable<Int2>,
+        response_body -> Nullable<Bytea>,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    ledger_entries (wallet_id, seq) {
+        wallet_id -> Uuid,
+        seq -> Int8,
+        id -> Uuid,
+        tenant_id -> Uuid,
+        entry_type -> Text,
+        amount -> Numeric,
+        currency -> Bpchar,
+        balance_before -> Numeric,
+        balance_after -> Numeric,
+        reference -> Nullable<Text>,
+        description -> Nullable<Text>,
+        metadata -> Jsonb,
+        idempotency_key -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(ledger_entries -> wallets (wallet_id));
+diesel::joinable!(wallets -> tenants (tenant_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    tenants,
+    api_keys,
+    wallets,
+    idempotency_keys,
+    ledger_entries,
+);

@@ -1,0 +1,14 @@
+//! Pure domain types and their parsers. Nothing here touches the network or the database;
+//! once a value exists it is valid, so the rest of the code never re-checks it.
+
+pub mod idempotency_key;
+pub mod ids;
+pub mod money;
+pub mod scope;
+pub mod text;
+
+pub use idempotency_key::IdempotencyKey;
+pub use ids::{KeyId, TenantId, TransactionId, WalletId};
+pub use money::{Currency, Money, MoneyError, NonNegativeAmount};
+pub use scope::Scope;
+pub use text::{BoundedText, Metadata};

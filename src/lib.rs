@@ -1,0 +1,17 @@
+//! walletd: an idempotent wallet debit/credit service.
+//!
+//! Reading order: [`pipeline`] (the four layers of a debit), then [`api`] (HTTP), [`domain`]
+//! (parsed types), [`db`] (schema, pool), [`auth`], [`startup`] and [`cli`].
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod metrics;
+pub mod pipeline;
+pub mod rate_limit;
+pub mod redis_nodes;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,69 @@
+//! Wallet creation: idempotent like every mutating POST, but with no lock to take (the wallet
+//! does not exist yet) and no ledger entry (a new wallet's balance is 0).
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::idempotency::{Claim, ClaimLost, StoredResponse};
+use crate::api::error::ApiError;
+use crate::api::representations::Wallet;
+use crate::db::models::{NewWallet, WalletRow};
+use crate::db::schema::wallets;
+use crate::db::{PgConn, PgPool};
+use crate::domain::{BoundedText, Currency, NonNegativeAmount, WalletId};
+
+#[derive(Debug, Clone)]
+pub struct CreateWalletCommand {
+    pub currency: Currency,
+    pub owner_ref: Option<BoundedText>,
+    pub overdraft_limit: NonNegativeAmount,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error(transparent)]
+    ClaimLost(#[from] ClaimLost),
+    #[error("rendering the response: {0}")]
+    Render(anyhow::Error),
+}
+
+pub async fn create_wallet(
+    pool: &PgPool,
+    claim: &Claim,
+    command: &CreateWalletCommand,
+) -> Result<StoredResponse, ApiError> {
+    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
+    conn.transaction(async |c| create_once(c, claim, command).await)
+        .await
+        .map_err(|error| match error {
+            TxError::Db(error) => ApiError::from_db(error),
+            TxError::ClaimLost(_) => ApiError::IdempotencyKeyInProgress,
+            TxError::Render(error) => ApiError::Internal(error),
+        })
+}
+
+async fn create_once(
+    conn: &mut PgConn,
+    claim: &Claim,
+    command: &CreateWalletCommand,
+) -> Result<StoredResponse, TxError> {
+    claim.reassert(conn).await??;
+    let row: WalletRow = diesel::insert_into(wallets::table)
+        .values(NewWallet {
+            id: WalletId::generate().as_uuid(),
+            tenant_id: claim.tenant().as_uuid(),
+            currency: command.currency.code(),
+            owner_ref: command.owner_ref.as_ref().map(BoundedText::as_str),
+            overdraft_limit: command.overdraft_limit.value(),
+        })
+        .returning(WalletRow::as_returning())
+        .get_result(conn)
+        .await?;
+    let wallet = Wallet::from_row(&row).map_err(TxError::Render)?;
+    let body = serde_json::to_vec(&wallet).map_err(|e| TxError::Render(e.into()))?;
+    let response = StoredResponse { status: 201, body };
+    claim.complete(conn, &response).await?;
+    Ok(response)
+}

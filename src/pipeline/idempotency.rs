@@ -1,0 +1,311 @@
+//! Layer 1: the idempotency key.
+//!
+//! A key is scoped to its tenant and bound to a fingerprint of the request. The first request
+//! with a key commits an in-flight marker with a lease (so a twin arriving meanwhile gets 409,
+//! and a request that crashed frees its key once the lease lapses). Inside the business
+//! transaction the marker is claimed again with `FOR UPDATE` and must still carry our lease
+//! token — that, plus the primary key on `(tenant_id, idempotency_key)`, is the real guard
+//! against concurrent twins. The stored response commits in the same transaction as the
+//! business write, so a key's answer and its effect exist together or not at all.
+
+use std::time::Duration;
+
+use diesel::sql_types::{Bool, Bytea, Int2, Nullable, Text, Uuid as SqlUuid};
+use diesel::{OptionalExtension, QueryableByName};
+use diesel_async::RunQueryDsl;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::api::error::ApiError;
+use crate::db::{PgConn, PgPool};
+use crate::domain::{IdempotencyKey, TenantId, WalletId};
+
+/// Attempts to claim a key when another request keeps changing its state under us; each
+/// round is two statements, so this bounds layer 1 to a handful of round trips.
+const CLAIM_ATTEMPTS_MAX: u32 = 4;
+
+/// SHA-256 over method, path and the canonical JSON body (members sorted, no whitespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(method: &str, path: &str, canonical_body: &[u8]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [method.as_bytes(), path.as_bytes(), canonical_body] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part);
+        }
+        Self(hasher.finalize().into())
+    }
+}
+
+/// A response as decided by the business logic: what is sent now and replayed later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl StoredResponse {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Everything that identifies one idempotent request.
+#[derive(Debug, Clone)]
+pub struct IdempotentRequest {
+    pub tenant: TenantId,
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+    /// The wallet the request targets, when known before executing (all but wallet creation).
+    pub wallet: Option<WalletId>,
+}
+
+/// The outcome of layer 1.
+#[derive(Debug)]
+pub enum Begin {
+    /// We own the key: execute, then complete or abandon the claim.
+    Claimed(Claim),
+    /// The key already has an answer for this very request.
+    Replay(StoredResponse),
+}
+
+/// Our lease on a key's in-flight marker.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    tenant: TenantId,
+    key: IdempotencyKey,
+    token: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct ExistingKey {
+    #[diesel(sql_type = Bytea)]
+    fingerprint: Vec<u8>,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    lease_token: Option<Uuid>,
+    #[diesel(sql_type = Bool)]
+    lease_expired: bool,
+    #[diesel(sql_type = Nullable<Int2>)]
+    response_status: Option<i16>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    response_body: Option<Vec<u8>>,
+}
+
+#[derive(QueryableByName)]
+struct Token {
+    #[diesel(sql_type = SqlUuid)]
+    #[allow(dead_code)]
+    lease_token: Uuid,
+}
+
+/// Layer 1: replay a stored answer, refuse a reuse or a twin in flight, or claim the key.
+pub async fn begin(
+    pool: &PgPool,
+    request: &IdempotentRequest,
+    lease: Duration,
+) -> Result<Begin, ApiError> {
+    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    for _ in 0..CLAIM_ATTEMPTS_MAX {
+        let token = Uuid::new_v4();
+        let inserted: Option<Token> = diesel::sql_query(
+            "INSERT INTO idempotency_keys \
+                 (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
+             VALUES ($1, $2, $3, $4, 'in_progress', $5, clock_timestamp() + $6 * interval '1 millisecond') \
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
+             RETURNING lease_token",
+        )
+        .bind::<SqlUuid, _>(request.tenant.as_uuid())
+        .bind::<Text, _>(request.key.as_str())
+        .bind::<Bytea, _>(&request.fingerprint.0[..])
+        .bind::<Nullable<SqlUuid>, _>(request.wallet.map(|w| w.as_uuid()))
+        .bind::<SqlUuid, _>(token)
+        .bind::<diesel::sql_types::BigInt, _>(lease_ms)
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .map_err(ApiError::from_db)?;
+        if inserted.is_some() {
+            return Ok(Begin::Claimed(claim(request, token)));
+        }
+
+        let existing: Option<ExistingKey> = diesel::sql_query(
+            "SELECT fingerprint, state, lease_token, \
+                    coalesce(lease_expires_at < clock_timestamp(), false) AS lease_expired, \
+                    response_status, response_body \
+             FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2",
+        )
+        .bind::<SqlUuid, _>(request.tenant.as_uuid())
+        .bind::<Text, _>(request.key.as_str())
+        .get_result(&mut conn)
+        .await
+        .optional()
+        .map_err(ApiError::from_db)?;
+        let Some(existing) = existing else {
+            // The marker was abandoned between our INSERT and SELECT: try to claim again.
+            continue;
+        };
+        if existing.fingerprint != request.fingerprint.0 {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        match (
+            existing.state.as_str(),
+            existing.response_status,
+            existing.response_body,
+        ) {
+            ("completed", Some(status), Some(body)) => {
+                let status = u16::try_from(status).map_err(|_| {
+                    ApiError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
+                })?;
+                return Ok(Begin::Replay(StoredResponse { status, body }));
+            }
+            ("in_progress", ..) if !existing.lease_expired => {
+                return Err(ApiError::IdempotencyKeyInProgress);
+            }
+            ("in_progress", ..) => {
+                // The first request's lease lapsed (it crashed or hung): take the key over, but
+                // only if nobody else did first.
+                let taken_over: Option<Token> = diesel::sql_query(
+                    "UPDATE idempotency_keys \
+                     SET lease_token = $3, lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
+                     WHERE tenant_id = $1 AND idempotency_key = $2 \
+                       AND state = 'in_progress' AND lease_token = $5 \
+                     RETURNING lease_token",
+                )
+                .bind::<SqlUuid, _>(request.tenant.as_uuid())
+                .bind::<Text, _>(request.key.as_str())
+                .bind::<SqlUuid, _>(token)
+                .bind::<diesel::sql_types::BigInt, _>(lease_ms)
+                .bind::<Nullable<SqlUuid>, _>(existing.lease_token)
+                .get_result(&mut conn)
+                .await
+                .optional()
+                .map_err(ApiError::from_db)?;
+                if taken_over.is_some() {
+                    tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
+                    return Ok(Begin::Claimed(claim(request, token)));
+                }
+            }
+            (state, ..) => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "idempotency key in unexpected state {state:?}"
+                )));
+            }
+        }
+    }
+    Err(ApiError::IdempotencyKeyInProgress)
+}
+
+fn claim(request: &IdempotentRequest, token: Uuid) -> Claim {
+    Claim {
+        tenant: request.tenant,
+        key: request.key.clone(),
+        token,
+    }
+}
+
+/// Inside a transaction, the claim turned out to belong to someone else (our lease lapsed
+/// and another request took the key over). The transaction must roll back.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency claim lost: the lease lapsed and another request took the key")]
+pub struct ClaimLost;
+
+impl Claim {
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.key
+    }
+
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Re-claims the key inside the business transaction: row-locks the marker and checks it
+    /// still carries our token. Call it right after locking the wallet row.
+    pub async fn reassert(
+        &self,
+        conn: &mut PgConn,
+    ) -> Result<Result<(), ClaimLost>, diesel::result::Error> {
+        let held: Option<Token> = diesel::sql_query(
+            "SELECT lease_token FROM idempotency_keys \
+             WHERE tenant_id = $1 AND idempotency_key = $2 \
+               AND state = 'in_progress' AND lease_token = $3 \
+             FOR UPDATE",
+        )
+        .bind::<SqlUuid, _>(self.tenant.as_uuid())
+        .bind::<Text, _>(self.key.as_str())
+        .bind::<SqlUuid, _>(self.token)
+        .get_result(conn)
+        .await
+        .optional()?;
+        Ok(held.map(|_| ()).ok_or(ClaimLost))
+    }
+
+    /// Stores the response in the same transaction as the business write.
+    pub async fn complete(
+        &self,
+        conn: &mut PgConn,
+        response: &StoredResponse,
+    ) -> Result<(), diesel::result::Error> {
+        let status = i16::try_from(response.status).unwrap_or(500);
+        let updated = diesel::sql_query(
+            "UPDATE idempotency_keys \
+             SET state = 'completed', lease_token = NULL, lease_expires_at = NULL, \
+                 response_status = $4, response_body = $5, completed_at = clock_timestamp() \
+             WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3",
+        )
+        .bind::<SqlUuid, _>(self.tenant.as_uuid())
+        .bind::<Text, _>(self.key.as_str())
+        .bind::<SqlUuid, _>(self.token)
+        .bind::<Int2, _>(status)
+        .bind::<Bytea, _>(&response.body)
+        .execute(conn)
+        .await?;
+        if updated == 1 {
+            Ok(())
+        } else {
+            // reassert() locked the row for this transaction, so this cannot happen unless the
+            // caller skipped it; refuse to commit an effect without its stored answer.
+            Err(diesel::result::Error::RollbackTransaction)
+        }
+    }
+
+    /// Frees the key after an outcome that is not stored (a 4xx input error found late, a
+    /// 5xx), so that a retry executes afresh. Best effort: if the database is unreachable the
+    /// lease lapses on its own.
+    pub async fn abandon(self, pool: &PgPool) {
+        let Ok(mut conn) = pool.get().await else {
+            tracing::warn!(key = %self.key, "could not free idempotency key; its lease will lapse");
+            return;
+        };
+        let deleted = diesel::sql_query(
+            "DELETE FROM idempotency_keys \
+             WHERE tenant_id = $1 AND idempotency_key = $2 \
+               AND state = 'in_progress' AND lease_token = $3",
+        )
+        .bind::<SqlUuid, _>(self.tenant.as_uuid())
+        .bind::<Text, _>(self.key.as_str())
+        .bind::<SqlUuid, _>(self.token)
+        .execute(&mut conn)
+        .await;
+        if let Err(error) = deleted {
+            tracing::warn!(key = %self.key, %error, "could not free idempotency key; its lease will lapse");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_separates_its_parts() {
+        let a = Fingerprint::of("POST", "/v1/wallets", b"{}");
+        assert_eq!(a, Fingerprint::of("POST", "/v1/wallets", b"{}"));
+        assert_ne!(a, Fingerprint::of("POST", "/v1/wallets/", b"}"));
+        assert_ne!(a, Fingerprint::of("POST", "/v1/wallet", b"s{}"));
+    }
+}

@@ -1,0 +1,329 @@
+//! Layers 3 and 4: the row-locked Postgres transaction and the in-lock balance check.
+//!
+//! One transaction: lock the wallet row (`SELECT … FOR UPDATE`), re-claim the idempotency key,
+//! decide from the locked row, then write the wallet, the ledger entry and the stored response
+//! and commit them together. Whatever the Redis lock did, two debits of one wallet meet here
+//! one after the other, and each sees the balance the other committed.
+
+use diesel::prelude::*;
+use diesel::sql_types::Timestamptz;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::idempotency::{Claim, ClaimLost, StoredResponse};
+use crate::api::error::ApiError;
+use crate::api::representations::Transaction;
+use crate::db::errors::{DbFailure, classify};
+use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
+use crate::db::schema::{ledger_entries, wallets};
+use crate::db::{PgConn, PgPool};
+use crate::domain::money::BALANCE_MAX;
+use crate::domain::{BoundedText, Metadata, Money, TransactionId, WalletId};
+
+/// Times a transaction that failed with a serialization failure or deadlock is run again.
+const TRANSACTION_ATTEMPTS_MAX: u32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Debit,
+    Credit,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Debit => "debit",
+            EntryKind::Credit => "credit",
+        }
+    }
+}
+
+/// A parsed debit or credit request.
+#[derive(Debug, Clone)]
+pub struct EntryCommand {
+    pub wallet: WalletId,
+    pub kind: EntryKind,
+    pub money: Money,
+    pub reference: Option<BoundedText>,
+    pub description: Option<BoundedText>,
+    pub metadata: serde_json::Value,
+}
+
+impl EntryCommand {
+    pub fn new(
+        wallet: WalletId,
+        kind: EntryKind,
+        money: Money,
+        reference: Option<BoundedText>,
+        description: Option<BoundedText>,
+        metadata: Metadata,
+    ) -> Self {
+        Self {
+            wallet,
+            kind,
+            money,
+            reference,
+            description,
+            metadata: metadata.into_value(),
+        }
+    }
+}
+
+/// What the in-lock check decided.
+#[derive(Debug)]
+enum Verdict {
+    /// Apply the entry; the wallet's balance becomes this.
+    Apply { balance_after: Decimal },
+    /// A business decline: stored and replayed like a success.
+    Decline(ApiError),
+    /// Input that turned out invalid only against the wallet (a credit past the maximum
+    /// balance): answered 400 and not stored, like any validation error.
+    Reject(ApiError),
+}
+
+/// Layer 4, as a pure function of the locked row: easy to read and to test.
+fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
+    let Some(wallet) = wallet else {
+        return Verdict::Decline(ApiError::WalletNotFound);
+    };
+    if wallet.status != "active" {
+        return Verdict::Decline(ApiError::WalletClosed);
+    }
+    let currency = command.money.currency();
+    if wallet.currency.trim() != currency.code() {
+        return Verdict::Decline(ApiError::CurrencyMismatch(format!(
+            "request currency {} differs from the wallet's {}",
+            currency.code(),
+            wallet.currency.trim()
+        )));
+    }
+    let amount = command.money.amount();
+    match command.kind {
+        EntryKind::Debit => {
+            let available = wallet.available();
+            if available < amount {
+                return Verdict::Decline(ApiError::InsufficientFunds(format!(
+                    "available {} is less than the requested {}",
+                    currency.render(available),
+                    currency.render(amount)
+                )));
+            }
+            Verdict::Apply {
+                balance_after: wallet.balance - amount,
+            }
+        }
+        EntryKind::Credit => {
+            let balance_after = wallet.balance + amount;
+            if balance_after > BALANCE_MAX {
+                return Verdict::Reject(ApiError::Validation(format!(
+                    "this credit would take the balance above the maximum {BALANCE_MAX}"
+                )));
+            }
+            Verdict::Apply { balance_after }
+        }
+    }
+}
+
+/// Why the transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error(transparent)]
+    ClaimLost(#[from] ClaimLost),
+    #[error("rejected: {0}")]
+    Rejected(ApiError),
+    #[error("rendering the response: {0}")]
+    Render(anyhow::Error),
+}
+
+/// Runs layers 3 and 4 for one entry and returns the response to send (and that was stored).
+pub async fn post_entry(
+    pool: &PgPool,
+    claim: &Claim,
+    command: &EntryCommand,
+) -> Result<StoredResponse, ApiError> {
+    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
+    let mut attempt = 1;
+    loop {
+        let outcome = conn
+            .transaction(async |c| post_entry_once(c, claim, command).await)
+            .await;
+        match outcome {
+            Ok(response) => return Ok(response),
+            Err(TxError::Db(error))
+                if classify(&error) == DbFailure::Retryable
+                    && attempt < TRANSACTION_ATTEMPTS_MAX =>
+            {
+                tracing::info!(%error, attempt, "transaction conflict; retrying");
+                attempt += 1;
+            }
+            Err(TxError::Db(error)) => return Err(ApiError::from_db(error)),
+            // Another request owns the key now; it will store the answer.
+            Err(TxError::ClaimLost(_)) => return Err(ApiError::IdempotencyKeyInProgress),
+            Err(TxError::Rejected(error)) => return Err(error),
+            Err(TxError::Render(error)) => return Err(ApiError::Internal(error)),
+        }
+    }
+}
+
+async fn post_entry_once(
+    conn: &mut PgConn,
+    claim: &Claim,
+    command: &EntryCommand,
+) -> Result<StoredResponse, TxError> {
+    let wallet: Option<WalletRow> = wallets::table
+        .filter(wallets::id.eq(command.wallet.as_uuid()))
+        .filter(wallets::tenant_id.eq(claim.tenant().as_uuid()))
+        .select(WalletRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    claim.reassert(conn).await??;
+
+    let response = match decide(wallet.as_ref(), command) {
+        Verdict::Decline(decline) => StoredResponse {
+            status: actix_web::ResponseError::status_code(&decline).as_u16(),
+            body: decline.problem_body(),
+        },
+        Verdict::Reject(error) => return Err(TxError::Rejected(error)),
+        Verdict::Apply { balance_after } => {
+            let Some(wallet) = wallet else {
+                return Err(TxError::Render(anyhow::anyhow!(
+                    "verdict Apply without a wallet"
+                )));
+            };
+            let entry = write_entry(conn, &wallet, claim, command, balance_after).await?;
+            let body = serde_json::to_vec(&Transaction::from_row(&entry).map_err(TxError::Render)?)
+                .map_err(|e| TxError::Render(e.into()))?;
+            StoredResponse { status: 201, body }
+        }
+    };
+    claim.complete(conn, &response).await?;
+    Ok(response)
+}
+
+/// Updates the locked wallet row and appends the ledger entry. The database re-checks all of
+/// it: the arithmetic CHECK, the chain trigger and the available-balance floor.
+async fn write_entry(
+    conn: &mut PgConn,
+    wallet: &WalletRow,
+    claim: &Claim,
+    command: &EntryCommand,
+    balance_after: Decimal,
+) -> Result<LedgerEntryRow, diesel::result::Error> {
+    debug_assert!(balance_after - wallet.held + wallet.overdraft_limit >= Decimal::ZERO);
+    let updated: WalletRow = diesel::update(wallets::table.find(wallet.id))
+        .set((
+            wallets::balance.eq(balance_after),
+            wallets::version.eq(wallets::version + 1),
+            wallets::last_seq.eq(wallets::last_seq + 1),
+            wallets::updated_at.eq(diesel::dsl::sql::<Timestamptz>("clock_timestamp()")),
+        ))
+        .returning(WalletRow::as_returning())
+        .get_result(conn)
+        .await?;
+    debug_assert_eq!(updated.last_seq, wallet.last_seq + 1);
+
+    let entry = NewLedgerEntry {
+        wallet_id: wallet.id,
+        seq: updated.last_seq,
+        id: TransactionId::generate().as_uuid(),
+        tenant_id: wallet.tenant_id,
+        entry_type: command.kind.as_str(),
+        amount: command.money.amount(),
+        currency: command.money.currency().code(),
+        balance_before: wallet.balance,
+        balance_after,
+        reference: command.reference.as_ref().map(BoundedText::as_str),
+        description: command.description.as_ref().map(BoundedText::as_str),
+        metadata: &command.metadata,
+        idempotency_key: claim.key().as_str(),
+    };
+    diesel::insert_into(ledger_entries::table)
+        .values(&entry)
+        .returning(LedgerEntryRow::as_returning())
+        .get_result(conn)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Currency;
+    use chrono::Utc;
+    use std::str::FromStr;
+    use uuid::Uuid;
+
+    fn wallet(balance: &str, overdraft: &str) -> WalletRow {
+        WalletRow {
+            id: Uuid::now_v7(),
+            tenant_id: Uuid::now_v7(),
+            currency: "EUR".into(),
+            owner_ref: None,
+            balance: Decimal::from_str(balance).unwrap(),
+            held: Decimal::ZERO,
+            overdraft_limit: Decimal::from_str(overdraft).unwrap(),
+            version: 1,
+            last_seq: 0,
+            status: "active".into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn command(kind: EntryKind, amount: &str, currency: &str) -> EntryCommand {
+        let currency = Currency::parse(currency).unwrap();
+        EntryCommand::new(
+            WalletId::generate(),
+            kind,
+            Money::parse(amount, currency).unwrap(),
+            None,
+            None,
+            Metadata::default(),
+        )
+    }
+
+    #[test]
+    fn debit_needs_available_funds_including_overdraft() {
+        let debit = command(EntryKind::Debit, "150.00", "EUR");
+        assert!(matches!(
+            decide(Some(&wallet("100.00", "0")), &debit),
+            Verdict::Decline(ApiError::InsufficientFunds(_))
+        ));
+        match decide(Some(&wallet("100.00", "50.00")), &debit) {
+            Verdict::Apply { balance_after } => assert_eq!(balance_after, Decimal::from(-50)),
+            other => panic!("expected Apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn declines_for_missing_closed_and_foreign_currency_wallets() {
+        let debit = command(EntryKind::Debit, "1.00", "EUR");
+        assert!(matches!(
+            decide(None, &debit),
+            Verdict::Decline(ApiError::WalletNotFound)
+        ));
+        let mut closed = wallet("10.00", "0");
+        closed.status = "closed".into();
+        assert!(matches!(
+            decide(Some(&closed), &debit),
+            Verdict::Decline(ApiError::WalletClosed)
+        ));
+        let usd = command(EntryKind::Credit, "1.00", "USD");
+        assert!(matches!(
+            decide(Some(&wallet("10.00", "0")), &usd),
+            Verdict::Decline(ApiError::CurrencyMismatch(_))
+        ));
+    }
+
+    #[test]
+    fn credit_past_the_maximum_balance_is_rejected_not_declined() {
+        let credit = command(EntryKind::Credit, "1000000000000000", "EUR");
+        assert!(matches!(
+            decide(Some(&wallet("999999999999999999", "0")), &credit),
+            Verdict::Reject(ApiError::Validation(_))
+        ));
+    }
+}

@@ -1,0 +1,243 @@
+//! Layer 2: a Redlock lock on the wallet, over every configured Redis node.
+//!
+//! The lock only sheds contention: concurrent debits of one wallet queue here instead of piling
+//! up on the Postgres row lock and holding pooled connections while they wait. It protects
+//! nothing on its own (a lock can expire while its holder is paused); the row lock and the
+//! database constraints in layer 3 decide. That is why, when a quorum of nodes is unreachable,
+//! the default policy proceeds under the row lock alone instead of failing the debit.
+//!
+//! Algorithm (redis.io/docs/manuals/patterns/distributed-locks): `SET key token NX PX ttl` on
+//! every node in parallel; acquired when a quorum (N/2+1) said OK and the time left,
+//! `ttl - elapsed - drift`, is still positive (saturating, never wrapping). Otherwise the partial
+//! lock is released everywhere and the attempt is retried after a random delay, until
+//! `lock.wait_ms_max`. Release is a compare-and-delete script, so a holder whose lock expired
+//! never deletes someone else's.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::config::{LockSettings, RedisUnavailablePolicy, ms};
+use crate::domain::WalletId;
+use crate::redis_nodes::{RedisCallError, RedisNodes};
+
+/// Deletes the key only if it still holds our token.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call("GET", KEYS[1]) == ARGV[1] then
+    return redis.call("DEL", KEYS[1])
+else
+    return 0
+end
+"#;
+
+/// Clock drift allowance, per Redlock: 1% of the TTL plus 2 ms for the Redis expiry granularity.
+fn drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// The lock key for a wallet. Public so that tests and operators can find (and hold) it.
+pub fn wallet_lock_key(wallet: WalletId) -> String {
+    format!("walletd:lock:wallet:{wallet}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The wallet stayed locked by other requests for `lock.wait_ms_max`: 503 `lock_timeout`.
+    #[error("wallet lock not acquired within {waited_ms} ms ({attempts} attempts)")]
+    Timeout { waited_ms: u128, attempts: u32 },
+    /// A quorum of Redis nodes is unreachable and the policy is `reject`: 503 `unavailable`.
+    #[error("Redis quorum unreachable ({failed} of {nodes} nodes failed)")]
+    QuorumUnreachable { failed: usize, nodes: usize },
+}
+
+/// How the lock was obtained, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// A Redlock quorum holds the key.
+    Redlock,
+    /// Redis quorum unreachable; the Postgres row lock alone serialises this wallet.
+    DatabaseOnly,
+}
+
+#[derive(Clone)]
+pub struct WalletLocks {
+    nodes: RedisNodes,
+    release: Arc<redis::Script>,
+    ttl: Duration,
+    wait_max: Duration,
+    retry_delay_min: Duration,
+    retry_delay_max: Duration,
+    policy: RedisUnavailablePolicy,
+}
+
+impl WalletLocks {
+    pub fn new(nodes: RedisNodes, settings: &LockSettings) -> Self {
+        Self {
+            nodes,
+            release: Arc::new(redis::Script::new(RELEASE_SCRIPT)),
+            ttl: ms(settings.ttl_ms),
+            wait_max: ms(settings.wait_ms_max),
+            retry_delay_min: ms(settings.retry_delay_ms_min),
+            retry_delay_max: ms(settings.retry_delay_ms_max),
+            policy: settings.redis_unavailable,
+        }
+    }
+
+    fn quorum(&self) -> usize {
+        self.nodes.all().len() / 2 + 1
+    }
+
+    /// Acquires the wallet's lock, waiting at most `lock.wait_ms_max`.
+    pub async fn acquire(&self, wallet: WalletId) -> Result<WalletLockGuard, LockError> {
+        let key = wallet_lock_key(wallet);
+        let token = Uuid::new_v4().simple().to_string();
+        let started = Instant::now();
+        let deadline = started + self.wait_max;
+        let node_count = self.nodes.all().len();
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            let attempt_started = Instant::now();
+            let results = join_all(self.nodes.all().iter().map(|node| {
+                let (key, token) = (&key, &token);
+                let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+                node.call(async move |c| {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .query_async::<Option<String>>(c)
+                        .await
+                })
+            }))
+            .await;
+            let granted = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+            let failed: Vec<&RedisCallError> =
+                results.iter().filter_map(|r| r.as_ref().err()).collect();
+            let validity = self
+                .ttl
+                .saturating_sub(attempt_started.elapsed())
+                .saturating_sub(drift(self.ttl));
+            if granted >= self.quorum() && !validity.is_zero() {
+                return Ok(WalletLockGuard::locked(self.clone(), key, token, validity));
+            }
+            if granted > 0 {
+                self.release_everywhere(&key, &token).await;
+            }
+            if failed.len() > node_count - self.quorum() {
+                for error in &failed {
+                    tracing::warn!(%error, "Redis lock node unavailable");
+                }
+                return match self.policy {
+                    RedisUnavailablePolicy::DatabaseOnly => {
+                        tracing::warn!(%wallet, "Redis quorum unreachable; relying on the row lock alone");
+                        Ok(WalletLockGuard::database_only())
+                    }
+                    RedisUnavailablePolicy::Reject => Err(LockError::QuorumUnreachable {
+                        failed: failed.len(),
+                        nodes: node_count,
+                    }),
+                };
+            }
+            let delay = self.retry_delay();
+            if Instant::now() + delay >= deadline {
+                return Err(LockError::Timeout {
+                    waited_ms: started.elapsed().as_millis(),
+                    attempts,
+                });
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn retry_delay(&self) -> Duration {
+        let (min, max) = (self.retry_delay_min, self.retry_delay_max);
+        if max <= min {
+            return min;
+        }
+        rand::rng().random_range(min..=max)
+    }
+
+    /// Compare-and-delete on every node; failures are logged, the TTL cleans up after them.
+    async fn release_everywhere(&self, key: &str, token: &str) {
+        let results = join_all(self.nodes.all().iter().map(|node| {
+            let script = Arc::clone(&self.release);
+            node.call(async move |c| script.key(key).arg(token).invoke_async::<i64>(c).await)
+        }))
+        .await;
+        for error in results.iter().filter_map(|r| r.as_ref().err()) {
+            tracing::debug!(%error, "lock release failed on a node; its TTL will expire it");
+        }
+    }
+}
+
+/// A held wallet lock. Release it with [`WalletLockGuard::release`] after the commit; if the
+/// guard is dropped instead (an error path, a panic, a cancelled request) it releases itself
+/// in a background task.
+pub struct WalletLockGuard {
+    held: Option<HeldLock>,
+    mode: LockMode,
+}
+
+struct HeldLock {
+    locks: WalletLocks,
+    key: String,
+    token: String,
+    valid_until: Instant,
+}
+
+impl WalletLockGuard {
+    fn locked(locks: WalletLocks, key: String, token: String, validity: Duration) -> Self {
+        Self {
+            held: Some(HeldLock {
+                locks,
+                key,
+                token,
+                valid_until: Instant::now() + validity,
+            }),
+            mode: LockMode::Redlock,
+        }
+    }
+
+    fn database_only() -> Self {
+        Self {
+            held: None,
+            mode: LockMode::DatabaseOnly,
+        }
+    }
+
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// Whether the Redlock validity ran out before now (only worth a log line: the row lock
+    /// is what keeps the ledger right).
+    pub fn expired(&self) -> bool {
+        self.held
+            .as_ref()
+            .is_some_and(|held| Instant::now() >= held.valid_until)
+    }
+
+    pub async fn release(mut self) {
+        if let Some(held) = self.held.take() {
+            held.locks.release_everywhere(&held.key, &held.token).await;
+        }
+    }
+}
+
+impl Drop for WalletLockGuard {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                held.locks.release_everywhere(&held.key, &held.token).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Wiring: pools, shared state, the HTTP server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context;
+
+use crate::api;
+use crate::auth::KeyCache;
+use crate::config::{Settings, ms};
+use crate::db::{self, PgPool};
+use crate::metrics::Metrics;
+use crate::pipeline::lock::WalletLocks;
+use crate::redis_nodes::RedisNodes;
+
+/// Everything a request needs; cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: RedisNodes,
+    pub locks: WalletLocks,
+    pub key_cache: Arc<KeyCache>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub idempotency_lease: Duration,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let redis = RedisNodes::connect(&settings.redis)?;
+        Ok(Self {
+            db: db::build_pool(&settings.database)?,
+            locks: WalletLocks::new(redis.clone(), &settings.lock),
+            redis,
+            key_cache: Arc::new(KeyCache::new(ms(settings.auth.cache_ttl_ms))),
+            metrics: Arc::new(Metrics::new()?),
+            settings: Arc::new(settings.clone()),
+            idempotency_lease: ms(settings.idempotency.lease_ms),
+        })
+    }
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port, as tests do) and builds the server.
+    /// Migrations are not run here: see [`crate::cli`], which runs them first.
+    pub fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let state = AppState::new(settings)?;
+        let listener = TcpListener::bind(&settings.server.bind)
+            .with_context(|| format!("binding {}", settings.server.bind))?;
+        let port = listener.local_addr()?.port();
+        let openapi = web::Data::new(api::openapi_json()?);
+        let state = web::Data::new(state);
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(openapi.clone())
+                .wrap(from_fn(api::middleware::request_context))
+                .configure(api::routes)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_s);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.listen(listener)?.run();
+        tracing::info!(port, "walletd listening");
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains in-flight requests for at most
+    /// `server.shutdown_timeout_s`.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
