@@ -1,0 +1,153 @@
+//! Real parallel requests against one wallet; the ledger invariants are checked afterwards.
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, new_key};
+
+/// 64 concurrent debits of 800.00 on 1000.00, distinct keys: exactly one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_double_charge_is_impossible() {
+    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "1000.00").await;
+
+    let responses = join_all((0..64).map(|_| {
+        let (app, wallet) = (&app, &wallet);
+        async move {
+            let response = app.debit(wallet, &new_key(), "800.00").await;
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+
+    let created = responses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let declined = responses
+        .iter()
+        .filter(|(s, body)| {
+            *s == StatusCode::UNPROCESSABLE_ENTITY && body["code"] == "insufficient_funds"
+        })
+        .count();
+    assert_eq!(created, 1, "{responses:?}");
+    assert_eq!(declined, 63, "{responses:?}");
+    assert_eq!(app.wallet(&wallet).await["balance"], "200.00");
+    let entries = app.assert_invariants(&wallet).await;
+    assert_eq!(entries.iter().filter(|e| e["type"] == "debit").count(), 1);
+}
+
+/// 50 concurrent identical debits with one key: one ledger entry; every answer is the same
+/// 201 body or a 409 in-progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_storm_charges_once() {
+    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    let key = new_key();
+
+    let responses = join_all((0..50).map(|_| {
+        let (app, wallet, key) = (&app, &wallet, &key);
+        async move {
+            let response = app.debit(wallet, key, "10.00").await;
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }
+    }))
+    .await;
+
+    let bodies: Vec<&String> = responses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .map(|(_, b)| b)
+        .collect();
+    assert!(!bodies.is_empty());
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "201 bodies differ");
+    for (status, body) in &responses {
+        assert!(
+            *status == StatusCode::CREATED
+                || (*status == StatusCode::CONFLICT
+                    && body.contains("idempotency_key_in_progress")),
+            "unexpected {status}: {body}"
+        );
+    }
+    let entries = app.assert_invariants(&wallet).await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["idempotency_key"] == key.as_str())
+            .count(),
+        1
+    );
+    assert_eq!(app.wallet(&wallet).await["balance"], "90.00");
+    // After the storm, a retry gets the original answer.
+    let replay = app.debit(&wallet, &key, "10.00").await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.text().await.unwrap(), *bodies[0]);
+}
+
+/// 200 concurrent debits and credits on one wallet: balance = ledger sum, seq gapless,
+/// chained, never below the floor. Under this much contention some requests wait longer than
+/// `lock.wait_ms_max` and get 503 `lock_timeout`; like a real client they retry with the same
+/// key, and every request ends with exactly one outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_load_keeps_every_invariant() {
+    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let wallet = app
+        .create_wallet_with(json!({"currency": "EUR", "overdraft_limit": "5.00"}))
+        .await;
+    app.fund(&wallet, "20.00").await;
+
+    let outcomes = join_all((0..200).map(|i| {
+        let (app, wallet) = (&app, &wallet);
+        async move {
+            let kind = if i % 3 == 0 { "credit" } else { "debit" };
+            let amount = format!("{}.{:02}", 1 + i % 7, i % 100);
+            let key = new_key();
+            let mut lock_timeouts = 0;
+            for _ in 0..100 {
+                let response = app
+                    .post(
+                        &format!("/v1/wallets/{wallet}/{kind}"),
+                        &key,
+                        &json!({"amount": amount, "currency": "EUR"}),
+                    )
+                    .await;
+                let status = response.status();
+                let body: Value = response.json().await.unwrap();
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    assert_eq!(body["code"], "lock_timeout", "{body}");
+                    lock_timeouts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+                return (status, body, lock_timeouts);
+            }
+            panic!("request {i} never completed");
+        }
+    }))
+    .await;
+
+    for (status, body, _) in &outcomes {
+        assert!(
+            *status == StatusCode::CREATED
+                || (*status == StatusCode::UNPROCESSABLE_ENTITY
+                    && body["code"] == "insufficient_funds"),
+            "unexpected {status}: {body}"
+        );
+    }
+    let created = outcomes
+        .iter()
+        .filter(|(s, ..)| *s == StatusCode::CREATED)
+        .count();
+    let retried: u32 = outcomes.iter().map(|(.., retries)| retries).sum();
+    println!(
+        "mixed load: {created} created, {} declined, {retried} lock_timeout retries",
+        200 - created
+    );
+    let entries = app.assert_invariants(&wallet).await;
+    assert_eq!(entries.len(), created + 1);
+}

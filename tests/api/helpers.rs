@@ -1,0 +1,372 @@
+//! Test harness: a real walletd on port 0, its own Postgres database cloned from a migrated
+//! template, the shared Redis (keys are namespaced by random ids, so tests never collide).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use reqwest::{Response, StatusCode};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+use walletd::auth::keys;
+use walletd::config::Settings;
+use walletd::domain::Scope;
+use walletd::startup::Application;
+
+/// The server that holds the test databases (the same one as in config/default.toml unless
+/// `DATABASE_URL` points elsewhere).
+pub fn server_url() -> String {
+    let settings = base_settings();
+    let mut url = url::Url::parse(&settings.database.url).unwrap();
+    url.set_path("");
+    url.to_string().trim_end_matches('/').to_owned()
+}
+
+pub fn base_settings() -> Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    SETTINGS
+        .get_or_init(|| Settings::load(Path::new("config")).expect("config/default.toml loads"))
+        .clone()
+}
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+/// A migrated template database, named after a hash of the migrations, built once per schema
+/// version (under an advisory lock, so parallel test binaries do not race).
+async fn template() -> &'static str {
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut hasher = Sha256::new();
+            let mut dirs: Vec<_> = std::fs::read_dir("migrations")
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            dirs.sort();
+            for dir in dirs {
+                hasher.update(dir.to_string_lossy().as_bytes());
+                hasher.update(std::fs::read(dir.join("up.sql")).unwrap());
+            }
+            let name = format!("walletd_tpl_{}", &hex::encode(hasher.finalize())[..16]);
+            let mut admin = admin_connection().await;
+            admin
+                .batch_execute("SELECT pg_advisory_lock(424242)")
+                .await
+                .unwrap();
+            let state: Option<bool> = database_is_template(&mut admin, &name).await;
+            if state != Some(true) {
+                if state.is_some() {
+                    admin
+                        .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+                        .await
+                        .unwrap();
+                }
+                admin
+                    .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .unwrap();
+                walletd::db::run_migrations(&format!("{}/{name}", server_url()))
+                    .await
+                    .unwrap();
+                admin
+                    .batch_execute(&format!(
+                        "ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+                    ))
+                    .await
+                    .unwrap();
+            }
+            admin
+                .batch_execute("SELECT pg_advisory_unlock(424242)")
+                .await
+                .unwrap();
+            name
+        })
+        .await
+}
+
+async fn database_is_template(conn: &mut AsyncPgConnection, name: &str) -> Option<bool> {
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        datistemplate: bool,
+    }
+    diesel::sql_query("SELECT datistemplate FROM pg_database WHERE datname = $1")
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_results::<Row>(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .map(|r: Row| r.datistemplate)
+}
+
+async fn admin_connection() -> AsyncPgConnection {
+    AsyncPgConnection::establish(&format!("{}/postgres", server_url()))
+        .await
+        .unwrap()
+}
+
+/// A fresh database cloned from the template. Named `walletd_t_*`; `scripts/test.sh` drops
+/// them after the run.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("walletd_t_{}", Uuid::new_v4().simple());
+    let mut admin = admin_connection().await;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+            ))
+            .await
+        {
+            Ok(()) => break,
+            Err(error) if attempts < 10 => {
+                eprintln!("CREATE DATABASE failed ({error}), retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempts)).await;
+            }
+            Err(error) => panic!("could not create a test database: {error}"),
+        }
+    }
+    format!("{}/{name}", server_url())
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub database_url: String,
+    pub tenant_id: String,
+    pub api_key: String,
+    pub client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns walletd with test settings, adjusted by `adjust` (e.g. other Redis nodes).
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let database_url = fresh_database().await;
+        let mut settings = base_settings();
+        settings.database.url = database_url.clone();
+        settings.database.pool_max_size = 8;
+        settings.server.bind = "127.0.0.1:0".into();
+        settings.server.workers = 2;
+        settings.server.shutdown_timeout_s = 1;
+        adjust(&mut settings);
+        Self::start(settings, database_url).await
+    }
+
+    async fn start(settings: Settings, database_url: String) -> Self {
+        let application = Application::build(&settings).expect("walletd builds");
+        let address = format!("http://127.0.0.1:{}", application.port());
+        tokio::spawn(application.run_until_stopped());
+        let mut conn = AsyncPgConnection::establish(&database_url).await.unwrap();
+        let issued = keys::create_tenant(&mut conn, "test-tenant", &Scope::ALL)
+            .await
+            .unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        Self {
+            address,
+            database_url,
+            tenant_id: issued.tenant_id,
+            api_key: issued.api_key,
+            client,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn db(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.database_url)
+            .await
+            .unwrap()
+    }
+
+    /// Another tenant with its own key, in the same database.
+    pub async fn new_tenant(&self, scopes: &[Scope]) -> (String, String) {
+        let issued = keys::create_tenant(&mut self.db().await, "other-tenant", scopes)
+            .await
+            .unwrap();
+        (issued.tenant_id, issued.api_key)
+    }
+
+    /// An authenticated POST with an idempotency key and a JSON body.
+    pub async fn post_as(
+        &self,
+        api_key: &str,
+        path: &str,
+        idempotency_key: &str,
+        body: &Value,
+    ) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, idempotency_key: &str, body: &Value) -> Response {
+        self.post_as(&self.api_key, path, idempotency_key, body)
+            .await
+    }
+
+    pub async fn get_as(&self, api_key: &str, path: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(api_key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.get_as(&self.api_key, path).await
+    }
+
+    pub async fn create_wallet(&self, currency: &str) -> String {
+        self.create_wallet_with(json!({ "currency": currency }))
+            .await
+    }
+
+    pub async fn create_wallet_with(&self, body: Value) -> String {
+        let response = self.post("/v1/wallets", &new_key(), &body).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Credits `amount` (EUR unless the wallet says otherwise) and asserts 201.
+    pub async fn fund(&self, wallet: &str, amount: &str) {
+        let currency = self.wallet(wallet).await["currency"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = self
+            .post(
+                &format!("/v1/wallets/{wallet}/credit"),
+                &new_key(),
+                &json!({ "amount": amount, "currency": currency }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    pub async fn debit(&self, wallet: &str, key: &str, amount: &str) -> Response {
+        self.post(
+            &format!("/v1/wallets/{wallet}/debit"),
+            key,
+            &json!({ "amount": amount, "currency": "EUR" }),
+        )
+        .await
+    }
+
+    pub async fn wallet(&self, wallet: &str) -> Value {
+        let response = self.get(&format!("/v1/wallets/{wallet}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// Every ledger entry of a wallet, following cursors.
+    pub async fn ledger(&self, wallet: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/wallets/{wallet}/ledger?limit=1000&after={c}"),
+                None => format!("/v1/wallets/{wallet}/ledger?limit=1000"),
+            };
+            let response = self.get(&path).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let page: Value = response.json().await.unwrap();
+            entries.extend(page["entries"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return entries,
+            }
+        }
+    }
+
+    /// The invariants of API.md, checked from the API alone: balance = credits - debits;
+    /// seq 1, 2, 3… without gaps; each balance_before = previous balance_after (0 first);
+    /// balance_after = balance_before ∓ amount; available never below 0.
+    pub async fn assert_invariants(&self, wallet: &str) -> Vec<Value> {
+        let state = self.wallet(wallet).await;
+        let entries = self.ledger(wallet).await;
+        let overdraft = dec(&state["overdraft_limit"]);
+        let mut previous_after = Decimal::ZERO;
+        let mut sum = Decimal::ZERO;
+        for (i, entry) in entries.iter().enumerate() {
+            assert_eq!(
+                entry["seq"].as_i64().unwrap(),
+                i as i64 + 1,
+                "seq gap at {entry}"
+            );
+            let (before, after, amount) = (
+                dec(&entry["balance_before"]),
+                dec(&entry["balance_after"]),
+                dec(&entry["amount"]),
+            );
+            assert_eq!(before, previous_after, "chain broken at {entry}");
+            let signed = match entry["type"].as_str().unwrap() {
+                "credit" => amount,
+                "debit" => -amount,
+                other => panic!("unexpected type {other}"),
+            };
+            assert_eq!(after, before + signed, "arithmetic broken at {entry}");
+            assert!(after >= -overdraft, "floor broken at {entry}");
+            sum += signed;
+            previous_after = after;
+        }
+        assert_eq!(dec(&state["balance"]), sum, "balance is not the ledger sum");
+        assert!(dec(&state["available"]) >= Decimal::ZERO);
+        entries
+    }
+}
+
+pub fn dec(value: &Value) -> Decimal {
+    Decimal::from_str(
+        value
+            .as_str()
+            .unwrap_or_else(|| panic!("{value} is not a string")),
+    )
+    .unwrap()
+}
+
+pub fn new_key() -> String {
+    format!("key-{}", Uuid::new_v4())
+}
+
+/// Asserts a problem+json response with the given status and code; returns the body.
+pub async fn assert_problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "expected {status} {code}"
+    );
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "body: {body}");
+    assert_eq!(body["status"], status);
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    body
+}

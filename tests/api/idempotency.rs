@@ -1,0 +1,213 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_returns_the_same_status_and_bytes_with_the_new_request_id() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    let path = format!("/v1/wallets/{wallet}/debit");
+    let body = json!({"amount": "12.50", "currency": "EUR", "metadata": {"b": 2, "a": 1}});
+
+    let first = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", "k-1")
+        .header("X-Request-Id", "req-first")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.bytes().await.unwrap();
+
+    // Same request, members in another order and other spacing: the same fingerprint.
+    let replay = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", "k-1")
+        .header("X-Request-Id", "req-second")
+        .header("Content-Type", "application/json")
+        .body(r#"{ "metadata": {"a": 1, "b": 2}, "currency": "EUR", "amount": "12.50" }"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.headers()["x-request-id"], "req-second");
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+    assert_eq!(app.wallet(&wallet).await["balance"], "87.50");
+    assert_eq!(app.ledger(&wallet).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_reused_for_another_request_is_refused_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    assert_eq!(
+        app.debit(&wallet, "k", "10.00").await.status(),
+        StatusCode::CREATED
+    );
+    assert_problem(
+        app.debit(&wallet, "k", "11.00").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    // Same key on another route or wallet is also another request.
+    let other = app.create_wallet("EUR").await;
+    assert_problem(
+        app.debit(&other, "k", "10.00").await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_problem(
+        app.post(
+            &format!("/v1/wallets/{wallet}/credit"),
+            "k",
+            &json!({"amount": "10.00", "currency": "EUR"}),
+        )
+        .await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(app.wallet(&wallet).await["balance"], "90.00");
+    assert_eq!(app.ledger(&other).await.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declines_are_stored_and_replayed_even_after_the_wallet_changes() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    let first = app.debit(&wallet, "poor", "10.00").await;
+    let first_body = assert_problem(first, 422, "insufficient_funds").await;
+    app.fund(&wallet, "100.00").await;
+    let replay = app.debit(&wallet, "poor", "10.00").await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        assert_problem(replay, 422, "insufficient_funds").await,
+        first_body
+    );
+    assert_eq!(app.wallet(&wallet).await["balance"], "100.00");
+
+    // An unknown wallet is a decline too.
+    let missing = format!("/v1/wallets/{}/debit", uuid::Uuid::now_v7());
+    let body = json!({"amount": "1.00", "currency": "EUR"});
+    assert_problem(
+        app.post(&missing, "ghost", &body).await,
+        404,
+        "wallet_not_found",
+    )
+    .await;
+    let replay = app.post(&missing, "ghost", &body).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_problem(replay, 404, "wallet_not_found").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_errors_are_not_stored_so_a_corrected_retry_executes() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    let path = format!("/v1/wallets/{wallet}/debit");
+    assert_problem(
+        app.post(
+            &path,
+            "fix-me",
+            &json!({"amount": "1.001", "currency": "EUR"}),
+        )
+        .await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    let other_key = app
+        .new_tenant(&[walletd::domain::Scope::WalletsRead])
+        .await
+        .1;
+    assert_problem(
+        app.post_as(
+            &other_key,
+            &path,
+            "fix-me",
+            &json!({"amount": "1.00", "currency": "EUR"}),
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    let response = app
+        .post(
+            &path,
+            "fix-me",
+            &json!({"amount": "1.00", "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_creation_is_idempotent() {
+    let app = TestApp::spawn().await;
+    let body = json!({"currency": "EUR"});
+    let first: Value = app
+        .post("/v1/wallets", "create-1", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let replay = app.post("/v1/wallets", "create-1", &body).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), first);
+    assert_problem(
+        app.post("/v1/wallets", "create-1", &json!({"currency": "USD"}))
+            .await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    // Markers as a crashed request leaves them, copied from a real request's row so that
+    // the fingerprint matches: one with a live lease, one whose lease lapsed.
+    let mut db = app.db().await;
+    let response = app.debit(&wallet, "crashed", "5.00").await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    db.batch_execute(&format!(
+        "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
+         SELECT tenant_id, 'in-flight', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() + interval '1 hour' \
+         FROM idempotency_keys WHERE idempotency_key = 'crashed';
+         INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
+         SELECT tenant_id, 'lapsed', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() - interval '1 second' \
+         FROM idempotency_keys WHERE idempotency_key = 'crashed';"
+    ))
+    .await
+    .unwrap();
+    // The fingerprint copied from 'crashed' is the same request (same path and body).
+    let in_flight = app.debit(&wallet, "in-flight", "5.00").await;
+    assert_eq!(in_flight.headers()["retry-after"], "1");
+    assert_problem(in_flight, 409, "idempotency_key_in_progress").await;
+    let lapsed = app.debit(&wallet, "lapsed", "5.00").await;
+    assert_eq!(lapsed.status(), StatusCode::CREATED);
+    let replay = app.debit(&wallet, "lapsed", "5.00").await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(app.wallet(&wallet).await["balance"], "90.00");
+    app.assert_invariants(&wallet).await;
+}

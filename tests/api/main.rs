@@ -1,0 +1,7 @@
+//! Black-box tests of walletd over HTTP, against real Postgres and Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+mod concurrency;
+mod helpers;
+mod idempotency;
+mod wallets;
