@@ -92,6 +92,7 @@ pub struct LockSettings {
 #[serde(deny_unknown_fields)]
 pub struct IdempotencySettings {
     pub lease_ms: u64,
+    pub replay_cache_ttl_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

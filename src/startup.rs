@@ -15,6 +15,7 @@ use crate::config::{Settings, ms};
 use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
 use crate::pipeline::lock::WalletLocks;
+use crate::pipeline::replay_cache::ReplayCache;
 use crate::redis_nodes::RedisNodes;
 
 /// Everything a request needs; cheap to clone (all shared).
@@ -23,6 +24,7 @@ pub struct AppState {
     pub db: PgPool,
     pub redis: RedisNodes,
     pub locks: WalletLocks,
+    pub replay_cache: ReplayCache,
     pub key_cache: Arc<KeyCache>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
@@ -35,6 +37,10 @@ impl AppState {
         Ok(Self {
             db: db::build_pool(&settings.database)?,
             locks: WalletLocks::new(redis.clone(), &settings.lock),
+            replay_cache: ReplayCache::new(
+                redis.clone(),
+                Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
+            ),
             redis,
             key_cache: Arc::new(KeyCache::new(ms(settings.auth.cache_ttl_ms))),
             metrics: Arc::new(Metrics::new()?),

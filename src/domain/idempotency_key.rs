@@ -80,7 +80,8 @@ mod tests {
     proptest! {
         #[test]
         fn printable_ascii_keys_round_trip(key in "[ -~]{1,255}") {
-            prop_assert_eq!(IdempotencyKey::parse(key.as_bytes()).unwrap().as_str(), key.as_str());
+            let parsed = IdempotencyKey::parse(key.as_bytes()).unwrap();
+            prop_assert_eq!(parsed.as_str(), key.as_str());
         }
 
         #[test]

@@ -29,6 +29,10 @@ const CLAIM_ATTEMPTS_MAX: u32 = 4;
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn of(method: &str, path: &str, canonical_body: &[u8]) -> Self {
         let mut hasher = Sha256::new();
         for part in [method.as_bytes(), path.as_bytes(), canonical_body] {
@@ -47,6 +51,15 @@ pub struct StoredResponse {
 }
 
 impl StoredResponse {
+    /// A business decline (a stored 4xx), rendered as its problem document.
+    pub fn decline(decline: &ApiError) -> Self {
+        debug_assert!(decline.is_stored_decline());
+        Self {
+            status: actix_web::ResponseError::status_code(decline).as_u16(),
+            body: decline.problem_body(),
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
@@ -98,7 +111,6 @@ struct ExistingKey {
 #[derive(QueryableByName)]
 struct Token {
     #[diesel(sql_type = SqlUuid)]
-    #[allow(dead_code)]
     lease_token: Uuid,
 }
 
@@ -129,7 +141,7 @@ pub async fn begin(
         .await
         .optional()
         .map_err(ApiError::from_db)?;
-        if inserted.is_some() {
+        if inserted.is_some_and(|row| row.lease_token == token) {
             return Ok(Begin::Claimed(claim(request, token)));
         }
 
@@ -185,7 +197,7 @@ pub async fn begin(
                 .await
                 .optional()
                 .map_err(ApiError::from_db)?;
-                if taken_over.is_some() {
+                if taken_over.is_some_and(|row| row.lease_token == token) {
                     tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
                     return Ok(Begin::Claimed(claim(request, token)));
                 }
@@ -241,7 +253,10 @@ impl Claim {
         .get_result(conn)
         .await
         .optional()?;
-        Ok(held.map(|_| ()).ok_or(ClaimLost))
+        match held {
+            Some(row) if row.lease_token == self.token => Ok(Ok(())),
+            _ => Ok(Err(ClaimLost)),
+        }
     }
 
     /// Stores the response in the same transaction as the business write.

@@ -183,10 +183,7 @@ async fn post_entry_once(
     claim.reassert(conn).await??;
 
     let response = match decide(wallet.as_ref(), command) {
-        Verdict::Decline(decline) => StoredResponse {
-            status: actix_web::ResponseError::status_code(&decline).as_u16(),
-            body: decline.problem_body(),
-        },
+        Verdict::Decline(decline) => StoredResponse::decline(&decline),
         Verdict::Reject(error) => return Err(TxError::Rejected(error)),
         Verdict::Apply { balance_after } => {
             let Some(wallet) = wallet else {

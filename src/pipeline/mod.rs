@@ -1,6 +1,6 @@
 //! The mutating path, in the order of its layers (API.md, "The debit pipeline"):
 //!
-//! 1. [`idempotency`]: replay a stored answer, or claim the key;
+//! 1. [`replay_cache`] then [`idempotency`]: replay a stored answer, or claim the key;
 //! 2. [`lock`]: the Redlock lock on the wallet (sheds contention, protects nothing alone);
 //! 3. [`ledger`]: the transaction that row-locks the wallet and re-claims the key;
 //! 4. [`ledger`]: the balance check on the locked row; then wallet, ledger entry and stored
@@ -13,6 +13,7 @@ pub mod create_wallet;
 pub mod idempotency;
 pub mod ledger;
 pub mod lock;
+pub mod replay_cache;
 
 use std::future::Future;
 use std::time::Instant;
@@ -23,6 +24,7 @@ use create_wallet::CreateWalletCommand;
 use idempotency::{Begin, IdempotentRequest, StoredResponse};
 use ledger::EntryCommand;
 use lock::{LockError, LockMode};
+use replay_cache::Cached;
 
 /// What the client gets: a fresh answer or a replayed one (same status, same bytes).
 #[derive(Debug)]
@@ -40,12 +42,9 @@ pub async fn execute_entry(
     let kind = command.kind.as_str();
 
     // 1. Idempotency: a stored answer is replayed at once.
-    let claim = match idempotency::begin(&state.db, &request, state.idempotency_lease).await? {
-        Begin::Replay(stored) => {
-            state.metrics.record_replay(kind);
-            return Ok(Outcome::Replayed(stored));
-        }
+    let claim = match begin(&state, &request, kind).await? {
         Begin::Claimed(claim) => claim,
+        Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
     };
 
     // 2. The wallet's distributed lock, with a bounded wait.
@@ -77,6 +76,7 @@ pub async fn execute_entry(
     match result {
         Ok(stored) => {
             state.metrics.record_entry(kind, &stored);
+            state.replay_cache.store(&request, &stored).await;
             Ok(Outcome::Executed(stored))
         }
         Err(error) => {
@@ -92,20 +92,41 @@ pub async fn execute_create_wallet(
     request: IdempotentRequest,
     command: CreateWalletCommand,
 ) -> Result<Outcome, ApiError> {
-    let claim = match idempotency::begin(&state.db, &request, state.idempotency_lease).await? {
-        Begin::Replay(stored) => {
-            state.metrics.record_replay("create_wallet");
-            return Ok(Outcome::Replayed(stored));
-        }
+    let claim = match begin(&state, &request, "create_wallet").await? {
         Begin::Claimed(claim) => claim,
+        Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
     };
     match create_wallet::create_wallet(&state.db, &claim, &command).await {
-        Ok(stored) => Ok(Outcome::Executed(stored)),
+        Ok(stored) => {
+            state.replay_cache.store(&request, &stored).await;
+            Ok(Outcome::Executed(stored))
+        }
         Err(error) => {
             claim.abandon(&state.db).await;
             Err(error)
         }
     }
+}
+
+/// Layer 1: the Redis replay cache, then the database (the source of truth).
+async fn begin(
+    state: &AppState,
+    request: &IdempotentRequest,
+    operation: &str,
+) -> Result<Begin, ApiError> {
+    let stored = match state.replay_cache.lookup(request).await {
+        Some(Cached::Replay(stored)) => stored,
+        Some(Cached::Reused) => return Err(ApiError::IdempotencyKeyReused),
+        None => match idempotency::begin(&state.db, request, state.idempotency_lease).await? {
+            Begin::Claimed(claim) => return Ok(Begin::Claimed(claim)),
+            Begin::Replay(stored) => {
+                state.replay_cache.store(request, &stored).await;
+                stored
+            }
+        },
+    };
+    state.metrics.record_replay(operation);
+    Ok(Begin::Replay(stored))
 }
 
 fn lock_outcome(result: Result<LockMode, &LockError>) -> &'static str {
