@@ -12,8 +12,15 @@
 //! lock is released everywhere and the attempt is retried after a random delay, until
 //! `lock.wait_ms_max`. Release is a compare-and-delete script, so a holder whose lock expired
 //! never deletes someone else's.
+//!
+//! In front of Redlock, requests for the same wallet within one process wait in a FIFO queue
+//! (a per-wallet async mutex). Without it, a hot wallet's requests would all spin on Redis with
+//! random back-off, and the lock would sit free between a release and the next lucky retry;
+//! with it, each replica sends one contender at a time to Redis, in arrival order. The queue
+//! wait counts against the same `lock.wait_ms_max`.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -62,8 +69,48 @@ pub enum LockMode {
     DatabaseOnly,
 }
 
+/// Per-wallet FIFO queues of this process. An entry lives while someone holds or awaits it.
+#[derive(Default)]
+struct LocalQueues {
+    queues: Mutex<HashMap<WalletId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl LocalQueues {
+    fn queue(&self, wallet: WalletId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(queues.entry(wallet).or_default())
+    }
+
+    /// Drops the wallet's queue once nobody holds or awaits it (the map's own reference is
+    /// the only one left), so the map stays as small as the set of busy wallets.
+    fn forget_if_idle(&self, wallet: WalletId) {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if queues
+            .get(&wallet)
+            .is_some_and(|q| Arc::strong_count(q) == 1)
+        {
+            queues.remove(&wallet);
+        }
+    }
+}
+
+/// This request's turn in its wallet's local queue; leaving it lets the next one in.
+struct LocalTurn {
+    queues: Arc<LocalQueues>,
+    wallet: WalletId,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for LocalTurn {
+    fn drop(&mut self) {
+        drop(self.turn.take());
+        self.queues.forget_if_idle(self.wallet);
+    }
+}
+
 #[derive(Clone)]
 pub struct WalletLocks {
+    local: Arc<LocalQueues>,
     nodes: RedisNodes,
     release: Arc<redis::Script>,
     ttl: Duration,
@@ -76,6 +123,7 @@ pub struct WalletLocks {
 impl WalletLocks {
     pub fn new(nodes: RedisNodes, settings: &LockSettings) -> Self {
         Self {
+            local: Arc::default(),
             nodes,
             release: Arc::new(redis::Script::new(RELEASE_SCRIPT)),
             ttl: ms(settings.ttl_ms),
@@ -90,12 +138,36 @@ impl WalletLocks {
         self.nodes.all().len() / 2 + 1
     }
 
-    /// Acquires the wallet's lock, waiting at most `lock.wait_ms_max`.
+    /// Acquires the wallet's lock, waiting at most `lock.wait_ms_max` in all.
     pub async fn acquire(&self, wallet: WalletId) -> Result<WalletLockGuard, LockError> {
-        let key = wallet_lock_key(wallet);
-        let token = Uuid::new_v4().simple().to_string();
         let started = Instant::now();
         let deadline = started + self.wait_max;
+        // Built before waiting, so that giving up also tidies the queue map (via Drop).
+        let mut local = LocalTurn {
+            queues: Arc::clone(&self.local),
+            wallet,
+            turn: None,
+        };
+        let waiting = self.local.queue(wallet).lock_owned();
+        let Ok(turn) = tokio::time::timeout(self.wait_max, waiting).await else {
+            return Err(LockError::Timeout {
+                waited_ms: started.elapsed().as_millis(),
+                attempts: 0,
+            });
+        };
+        local.turn = Some(turn);
+        self.acquire_redlock(wallet, local, started, deadline).await
+    }
+
+    async fn acquire_redlock(
+        &self,
+        wallet: WalletId,
+        local: LocalTurn,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<WalletLockGuard, LockError> {
+        let key = wallet_lock_key(wallet);
+        let token = Uuid::new_v4().simple().to_string();
         let node_count = self.nodes.all().len();
         let mut attempts: u32 = 0;
         loop {
@@ -124,7 +196,13 @@ impl WalletLocks {
                 .saturating_sub(attempt_started.elapsed())
                 .saturating_sub(drift(self.ttl));
             if granted >= self.quorum() && !validity.is_zero() {
-                return Ok(WalletLockGuard::locked(self.clone(), key, token, validity));
+                return Ok(WalletLockGuard::locked(
+                    self.clone(),
+                    key,
+                    token,
+                    validity,
+                    local,
+                ));
             }
             if granted > 0 {
                 self.release_everywhere(&key, &token).await;
@@ -136,7 +214,7 @@ impl WalletLocks {
                 return match self.policy {
                     RedisUnavailablePolicy::DatabaseOnly => {
                         tracing::warn!(%wallet, "Redis quorum unreachable; relying on the row lock alone");
-                        Ok(WalletLockGuard::database_only())
+                        Ok(WalletLockGuard::database_only(local))
                     }
                     RedisUnavailablePolicy::Reject => Err(LockError::QuorumUnreachable {
                         failed: failed.len(),
@@ -182,6 +260,8 @@ impl WalletLocks {
 pub struct WalletLockGuard {
     held: Option<HeldLock>,
     mode: LockMode,
+    /// Dropped after the Redis release, so the next local request finds the key free.
+    _local: LocalTurn,
 }
 
 struct HeldLock {
@@ -192,7 +272,13 @@ struct HeldLock {
 }
 
 impl WalletLockGuard {
-    fn locked(locks: WalletLocks, key: String, token: String, validity: Duration) -> Self {
+    fn locked(
+        locks: WalletLocks,
+        key: String,
+        token: String,
+        validity: Duration,
+        local: LocalTurn,
+    ) -> Self {
         Self {
             held: Some(HeldLock {
                 locks,
@@ -201,13 +287,15 @@ impl WalletLockGuard {
                 valid_until: Instant::now() + validity,
             }),
             mode: LockMode::Redlock,
+            _local: local,
         }
     }
 
-    fn database_only() -> Self {
+    fn database_only(local: LocalTurn) -> Self {
         Self {
             held: None,
             mode: LockMode::DatabaseOnly,
+            _local: local,
         }
     }
 
@@ -239,5 +327,57 @@ impl Drop for WalletLockGuard {
                 held.locks.release_everywhere(&held.key, &held.token).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turn(
+        queues: &Arc<LocalQueues>,
+        wallet: WalletId,
+        guard: tokio::sync::OwnedMutexGuard<()>,
+    ) -> LocalTurn {
+        LocalTurn {
+            queues: Arc::clone(queues),
+            wallet,
+            turn: Some(guard),
+        }
+    }
+
+    #[tokio::test]
+    async fn local_queues_serialise_one_wallet_and_forget_idle_ones() {
+        let queues = Arc::new(LocalQueues::default());
+        let (a, b) = (WalletId::generate(), WalletId::generate());
+        let first = turn(&queues, a, queues.queue(a).lock_owned().await);
+        // Another wallet is independent; the same wallet waits.
+        let other = turn(&queues, b, queues.queue(b).lock_owned().await);
+        let waiting = queues.queue(a).lock_owned();
+        let blocked = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+        assert!(
+            blocked.is_err(),
+            "a second turn on the same wallet must wait"
+        );
+        drop(first);
+        let second = turn(&queues, a, queues.queue(a).lock_owned().await);
+        drop(second);
+        drop(other);
+        assert!(
+            queues.queues.lock().unwrap().is_empty(),
+            "idle queues are forgotten"
+        );
+    }
+
+    #[test]
+    fn drift_is_one_percent_plus_two_ms() {
+        assert_eq!(
+            drift(Duration::from_millis(5000)),
+            Duration::from_millis(52)
+        );
+        assert_eq!(
+            drift(Duration::from_millis(10)),
+            Duration::from_micros(2100)
+        );
     }
 }
