@@ -4,7 +4,8 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -25,10 +26,14 @@ impl<T: DeserializeOwned> JsonBody<T> {
     pub async fn read(request: &HttpRequest, payload: web::Payload) -> Result<Self, ApiError> {
         require_json_content_type(request)?;
         let bytes = read_limited(request, payload).await?;
-        let value: T = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Validation(format!("invalid request body: {e}")))?;
-        let tree: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::Validation(format!("invalid request body: {e}")))?;
+        let invalid =
+            |e: serde_json::Error| ApiError::Validation(format!("invalid request body: {e}"));
+        // First the whole tree, refusing duplicate keys at any depth (serde's derive only
+        // catches them among a struct's own fields; inside `metadata` the last would win).
+        let tree = serde_json::from_slice::<StrictValue>(&bytes)
+            .map_err(invalid)?
+            .0;
+        let value: T = serde_json::from_slice(&bytes).map_err(invalid)?;
         let canonical = canonical_json(&tree);
         Ok(Self { value, canonical })
     }
@@ -74,6 +79,73 @@ async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A JSON value whose objects never repeat a key.
+struct StrictValue(Value);
+
+impl<'de> Deserialize<'de> for StrictValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = StrictValue;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Bool(v)))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::from(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::String(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::String(v)))
+    }
+
+    fn visit_unit<E>(self) -> Result<StrictValue, E> {
+        Ok(StrictValue(Value::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictValue(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(StrictValue(Value::Array(items)))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
+        let mut members = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if members.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let StrictValue(value) = map.next_value()?;
+            members.insert(key, value);
+        }
+        Ok(StrictValue(Value::Object(members)))
+    }
 }
 
 /// Members sorted by key at every level, no whitespace: two requests that differ only in
@@ -137,6 +209,19 @@ pub fn query<T: DeserializeOwned>(request: &HttpRequest) -> Result<T, ApiError> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let parse =
+            |text: &str| serde_json::from_slice::<StrictValue>(text.as_bytes()).map(|v| v.0);
+        assert!(parse(r#"{"a":1,"a":2}"#).is_err());
+        assert!(parse(r#"{"m":{"k":1,"k":2}}"#).is_err());
+        assert!(parse(r#"[{"k":1},{"k":[{"x":1,"x":1}]}]"#).is_err());
+        assert_eq!(
+            parse(r#"{"a":{"b":[1,2.5,"x",null,true]}}"#).unwrap(),
+            json!({"a":{"b":[1,2.5,"x",null,true]}})
+        );
+    }
 
     #[test]
     fn canonical_json_sorts_members_at_every_level() {

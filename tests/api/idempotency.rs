@@ -190,14 +190,14 @@ async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
     let mut db = app.db().await;
     let response = app.debit(&wallet, "crashed", "5.00").await;
     assert_eq!(response.status(), StatusCode::CREATED);
-    db.batch_execute(&format!(
+    db.batch_execute(
         "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
          SELECT tenant_id, 'in-flight', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() + interval '1 hour' \
          FROM idempotency_keys WHERE idempotency_key = 'crashed';
          INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
          SELECT tenant_id, 'lapsed', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() - interval '1 second' \
          FROM idempotency_keys WHERE idempotency_key = 'crashed';"
-    ))
+    )
     .await
     .unwrap();
     // The fingerprint copied from 'crashed' is the same request (same path and body).

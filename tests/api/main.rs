@@ -2,6 +2,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod concurrency;
+mod errors;
 mod helpers;
 mod idempotency;
+mod ops;
 mod wallets;
