@@ -161,10 +161,16 @@ CREATE TRIGGER ledger_entries_chain
     FOR EACH ROW EXECUTE FUNCTION ledger_entries_check_chain();
 
 -- The other direction: a wallet whose balance or last_seq changed must, by commit time, have
--- a ledger entry at last_seq whose balance_after is the new balance. Deferred, because the
--- entry is inserted after the wallet row is updated.
+-- its newest ledger entry at last_seq, with balance_after equal to the new balance. Deferred,
+-- because the entry is inserted after the wallet row is updated.
 CREATE FUNCTION wallets_check_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- last_seq must be the newest entry: a wallet can never be rewound behind its ledger.
+    PERFORM 1 FROM ledger_entries WHERE wallet_id = NEW.id AND seq > NEW.last_seq;
+    IF FOUND THEN
+        RAISE EXCEPTION 'wallet % last_seq % is behind its ledger', NEW.id, NEW.last_seq
+            USING ERRCODE = 'check_violation';
+    END IF;
     IF NEW.last_seq = 0 THEN
         IF NEW.balance <> 0 THEN
             RAISE EXCEPTION 'wallet % has balance % but no ledger entry', NEW.id, NEW.balance
