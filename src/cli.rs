@@ -8,10 +8,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
+use crate::auth::admission;
 use crate::auth::keys::{self, IssuedKey};
 use crate::config::Settings;
 use crate::db;
 use crate::domain::{KeyId, Scope, TenantId};
+use crate::redis_nodes::RedisNodes;
 use crate::startup::Application;
 use crate::telemetry;
 
@@ -128,7 +130,19 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 keys::revoke_key(&mut conn, key).await?,
                 "no active key {key}"
             );
-            tracing::info!(%key, "key revoked");
+            let published = match RedisNodes::connect(&settings.redis) {
+                Ok(nodes) => admission::publish_revocation(&nodes, key)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(error) => Err(error),
+            };
+            match published {
+                Ok(()) => tracing::info!(%key, "key revoked; refused at once on every replica"),
+                Err(error) => tracing::warn!(
+                    %key, %error,
+                    "key revoked in the database; Redis unreachable, so replicas refuse it within auth.cache_ttl_ms"
+                ),
+            }
             Ok(())
         }
     }

@@ -11,7 +11,6 @@ pub mod db;
 pub mod domain;
 pub mod metrics;
 pub mod pipeline;
-pub mod rate_limit;
 pub mod redis_nodes;
 pub mod startup;
 pub mod telemetry;

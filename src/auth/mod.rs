@@ -4,6 +4,7 @@
 //! long a revoked key keeps working on any replica, and spares a database round trip on most
 //! requests. The cache is bounded; when full it is cleared rather than grown.
 
+pub mod admission;
 pub mod keys;
 
 use std::collections::HashMap;
@@ -133,7 +134,7 @@ impl FromRequest for Caller {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
             let caller = authenticate(&state, token.as_deref()).await?;
-            crate::rate_limit::check(&state, caller.key).await?;
+            admission::admit(&state, caller.key).await?;
             Ok(caller)
         })
     }

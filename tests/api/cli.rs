@@ -1,7 +1,7 @@
 //! The real `walletd` binary's operator commands, against a running test app's database.
 
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use reqwest::StatusCode;
@@ -235,7 +235,7 @@ async fn key_create_adds_a_key_to_an_existing_tenant() {
 /// `key revoke <key_id>`: that key answers 401 within the auth cache TTL (1 s) even though it
 /// was just cached, the tenant's other keys keep working, and revoking twice fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_revoke_locks_the_key_out_within_the_cache_ttl() {
+async fn key_revoke_locks_the_key_out_at_once() {
     let app = TestApp::spawn().await;
     let first = issued_key(&walletd(&app.database_url, &["tenant", "create", "acme"]).await);
     let tenant = first["tenant_id"].as_str().unwrap();
@@ -259,22 +259,9 @@ async fn key_revoke_locks_the_key_out_within_the_cache_ttl() {
     .await;
     assert!(output.status.success(), "{}", describe(&output));
     assert!(output.stdout.is_empty(), "{}", describe(&output));
-    let revoked_at = Instant::now();
-
-    let deadline = revoked_at + Duration::from_millis(1500);
-    let rejected = loop {
-        let response = app.get_as(revoked, &path).await;
-        if response.status() == StatusCode::UNAUTHORIZED {
-            break response;
-        }
-        assert_eq!(response.status(), StatusCode::OK);
-        assert!(
-            Instant::now() < deadline,
-            "a revoked key still worked {:?} after `key revoke` returned",
-            revoked_at.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The key is still in the app's auth cache, but the revocation marker in Redis refuses it
+    // on the very next request.
+    let rejected = app.get_as(revoked, &path).await;
     assert_eq!(rejected.headers()["www-authenticate"], "Bearer");
     assert_problem(rejected, 401, "unauthorized").await;
     // Writes too, and it stays revoked.

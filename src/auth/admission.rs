@@ -1,0 +1,83 @@
+//! Admission of an authenticated caller, in one Redis round trip on the first node:
+//!
+//! - **Revocation, at once on every replica.** `walletd key revoke` marks the key revoked in
+//!   Postgres (the source of truth) and sets `walletd:revoked:<key id>` here; every request
+//!   checks the marker, so a revoked key is refused immediately even where the key is still in
+//!   a replica's in-process cache. Without Redis, the cache TTL (`auth.cache_ttl_ms`, 1 s)
+//!   bounds the delay instead.
+//! - **Per-key rate limit**, shared by all replicas: a fixed one-second window,
+//!   `INCR walletd:rl:<key>:<unix second>` with a 2 s expiry. Simple and exact enough for
+//!   shedding abuse.
+//!
+//! If Redis cannot answer, the caller is admitted (fail open): this gate must not turn a Redis
+//! outage into an API outage, and both of its jobs have a database-backed fallback or none is
+//! needed for correctness.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::api::error::ApiError;
+use crate::domain::KeyId;
+use crate::redis_nodes::{RedisCallError, RedisNodes};
+use crate::startup::AppState;
+
+fn revoked_marker(key: KeyId) -> String {
+    format!("walletd:revoked:{key}")
+}
+
+/// Publishes a revocation to every replica (called by `walletd key revoke` after the
+/// database update).
+pub async fn publish_revocation(nodes: &RedisNodes, key: KeyId) -> Result<(), RedisCallError> {
+    let marker = revoked_marker(key);
+    nodes
+        .primary()
+        .call(async |c| {
+            redis::cmd("SET")
+                .arg(&marker)
+                .arg(1)
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+}
+
+pub async fn admit(state: &AppState, key: KeyId) -> Result<(), ApiError> {
+    let limit = state.settings.rate_limit.requests_per_second;
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let counter = format!("walletd:rl:{key}:{second}");
+    let marker = revoked_marker(key);
+    let answer = state
+        .redis
+        .primary()
+        .call(async |c| {
+            let mut pipe = redis::pipe();
+            pipe.exists(&marker);
+            if limit > 0 {
+                pipe.incr(&counter, 1).expire(&counter, 2).ignore();
+            } else {
+                pipe.cmd("PING").ignore();
+            }
+            let (revoked, count): (bool, Option<u64>) = if limit > 0 {
+                let (revoked, count): (bool, u64) = pipe.query_async(c).await?;
+                (revoked, Some(count))
+            } else {
+                let (revoked,): (bool,) = pipe.query_async(c).await?;
+                (revoked, None)
+            };
+            Ok((revoked, count))
+        })
+        .await;
+    match answer {
+        Ok((true, _)) => Err(ApiError::Unauthorized),
+        Ok((false, Some(count))) if count > u64::from(limit) => {
+            Err(ApiError::RateLimited { retry_after_s: 1 })
+        }
+        Ok(_) => Ok(()),
+        Err(error) => {
+            tracing::debug!(%error, "admission check unavailable; admitting the caller");
+            Ok(())
+        }
+    }
+}
