@@ -150,7 +150,11 @@ impl TestApp {
 
     /// Spawns walletd with test settings, adjusted by `adjust` (e.g. other Redis nodes).
     pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
-        let database_url = fresh_database().await;
+        Self::spawn_on(fresh_database().await, adjust).await
+    }
+
+    /// Spawns walletd against a database the caller prepared (migrated, e.g. a private cluster).
+    pub async fn spawn_on(database_url: String, adjust: impl FnOnce(&mut Settings)) -> Self {
         let mut settings = base_settings();
         settings.database.url = database_url.clone();
         settings.database.pool_max_size = 8;
@@ -346,6 +350,12 @@ pub fn dec(value: &Value) -> Decimal {
             .unwrap_or_else(|| panic!("{value} is not a string")),
     )
     .unwrap()
+}
+
+/// A loopback port that was free a moment ago (bind to port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
 }
 
 pub fn new_key() -> String {

@@ -4,6 +4,7 @@
 mod cli;
 mod concurrency;
 mod errors;
+mod faults;
 mod helpers;
 mod idempotency;
 mod ledger_db;

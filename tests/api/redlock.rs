@@ -13,7 +13,7 @@ use walletd::config::RedisUnavailablePolicy;
 use walletd::domain::WalletId;
 use walletd::pipeline::lock::wallet_lock_key;
 
-use crate::helpers::{TestApp, assert_problem, new_key};
+use crate::helpers::{TestApp, assert_problem, free_port, new_key};
 
 /// How long a node may take to answer its first PING.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -130,11 +130,6 @@ impl Drop for PrivateRedis {
             let _ = child.start_kill();
         }
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 /// Whether a Redis server on `port` answers PING within 500 ms.
