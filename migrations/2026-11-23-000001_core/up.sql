@@ -161,28 +161,30 @@ CREATE TRIGGER ledger_entries_chain
     FOR EACH ROW EXECUTE FUNCTION ledger_entries_check_chain();
 
 -- The other direction: a wallet whose balance or last_seq changed must, by commit time, have
--- its newest ledger entry at last_seq, with balance_after equal to the new balance. Deferred,
+-- its newest ledger entry at last_seq, with balance_after equal to its balance. Deferred,
 -- because the entry is inserted after the wallet row is updated.
 CREATE FUNCTION wallets_check_ledger() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    current_balance numeric;
+    current_last_seq bigint;
+    newest_seq bigint;
+    newest_after numeric;
 BEGIN
-    -- last_seq must be the newest entry: a wallet can never be rewound behind its ledger.
-    PERFORM 1 FROM ledger_entries WHERE wallet_id = NEW.id AND seq > NEW.last_seq;
-    IF FOUND THEN
-        RAISE EXCEPTION 'wallet % last_seq % is behind its ledger', NEW.id, NEW.last_seq
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF NEW.last_seq = 0 THEN
-        IF NEW.balance <> 0 THEN
-            RAISE EXCEPTION 'wallet % has balance % but no ledger entry', NEW.id, NEW.balance
-                USING ERRCODE = 'check_violation';
-        END IF;
-        RETURN NULL;
-    END IF;
-    PERFORM 1 FROM ledger_entries
-      WHERE wallet_id = NEW.id AND seq = NEW.last_seq AND balance_after = NEW.balance;
+    -- Deferred: judge the wallet as it is at commit, not as this (possibly earlier) update
+    -- left it, so a transaction may move a wallet several times.
+    SELECT balance, last_seq INTO current_balance, current_last_seq FROM wallets WHERE id = NEW.id;
+    SELECT seq, balance_after INTO newest_seq, newest_after
+      FROM ledger_entries WHERE wallet_id = NEW.id ORDER BY seq DESC LIMIT 1;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'wallet % balance % is not backed by ledger entry %',
-            NEW.id, NEW.balance, NEW.last_seq USING ERRCODE = 'check_violation';
+        newest_seq := 0;
+        newest_after := 0;
+    END IF;
+    -- last_seq must be the newest entry (a wallet is never ahead of or behind its ledger),
+    -- and the balance must be that entry's balance_after (0 before the first entry).
+    IF current_last_seq <> newest_seq OR current_balance <> newest_after THEN
+        RAISE EXCEPTION 'wallet % (last_seq %, balance %) is not backed by its newest ledger entry (seq %, balance_after %)',
+            NEW.id, current_last_seq, current_balance, newest_seq, newest_after
+            USING ERRCODE = 'check_violation';
     END IF;
     RETURN NULL;
 END

@@ -361,7 +361,7 @@ async fn a_balance_change_without_a_ledger_entry_fails_at_commit() {
         assert_refused(
             conn.batch_execute("COMMIT").await,
             DatabaseErrorKind::CheckViolation,
-            "is not backed by ledger entry",
+            "is not backed by its newest ledger entry",
             None,
         );
         assert_eq!(snapshot(&mut conn).await, before, "after {change}");
@@ -377,7 +377,7 @@ async fn a_balance_change_without_a_ledger_entry_fails_at_commit() {
         )
         .await,
         DatabaseErrorKind::CheckViolation,
-        "is not backed by ledger entry",
+        "is not backed by its newest ledger entry",
         None,
     );
     assert_refused(
@@ -390,7 +390,7 @@ async fn a_balance_change_without_a_ledger_entry_fails_at_commit() {
         )
         .await,
         DatabaseErrorKind::CheckViolation,
-        "is not backed by ledger entry",
+        "is not backed by its newest ledger entry",
         None,
     );
     // A new wallet cannot be born with money.
@@ -403,7 +403,7 @@ async fn a_balance_change_without_a_ledger_entry_fails_at_commit() {
         ))
         .await,
         DatabaseErrorKind::CheckViolation,
-        "but no ledger entry",
+        "is not backed by its newest ledger entry (seq 0",
         None,
     );
 

@@ -181,3 +181,66 @@ async fn the_ledger_pages_with_a_keyset_cursor() {
     assert_eq!(seqs(&all), vec![1, 2, 3, 4, 5]);
     assert!(all["next_cursor"].is_null());
 }
+
+/// A credit that would take the balance past 10^18 is 400 `validation_failed`, not stored, and
+/// changes nothing; the wallet keeps working. (The balance is built up with 1000 maximal
+/// credits written in SQL, each chained and keyed as the triggers demand.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_past_the_maximum_balance_is_refused() {
+    use diesel_async::SimpleAsyncConnection;
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.db()
+        .await
+        .batch_execute(&format!(
+            "DO $$
+             DECLARE w uuid := '{wallet}'; t uuid; running numeric := 0;
+             BEGIN
+               SELECT tenant_id INTO t FROM wallets WHERE id = w;
+               FOR i IN 1..1000 LOOP
+                 INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state,
+                                               response_status, response_body, completed_at)
+                 VALUES (t, 'bulk-' || i, sha256(('bulk-' || i)::bytea), w, 'completed', 201, '\\x7b7d', clock_timestamp());
+                 UPDATE wallets SET balance = balance + 1000000000000000, last_seq = last_seq + 1,
+                                    version = version + 1 WHERE id = w;
+                 INSERT INTO ledger_entries (wallet_id, seq, id, tenant_id, entry_type, amount, currency,
+                                             balance_before, balance_after, idempotency_key)
+                 VALUES (w, i, gen_random_uuid(), t, 'credit', 1000000000000000, 'EUR',
+                         running, running + 1000000000000000, 'bulk-' || i);
+                 running := running + 1000000000000000;
+               END LOOP;
+             END $$;"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        app.wallet(&wallet).await["balance"],
+        "1000000000000000000.00"
+    );
+
+    let path = format!("/v1/wallets/{wallet}/credit");
+    let body = json!({"amount": "0.01", "currency": "EUR"});
+    assert_problem(
+        app.post(&path, "too-rich", &body).await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(
+        app.wallet(&wallet).await["balance"],
+        "1000000000000000000.00"
+    );
+    // Not stored: after a debit makes room, the same key executes.
+    assert_eq!(
+        app.debit(&wallet, &new_key(), "1.00").await.status(),
+        StatusCode::CREATED
+    );
+    let response = app.post(&path, "too-rich", &body).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(response.headers().get("idempotent-replayed").is_none());
+    assert_eq!(
+        app.wallet(&wallet).await["balance"],
+        "999999999999999999.01"
+    );
+    assert_eq!(app.assert_invariants(&wallet).await.len(), 1002);
+}
