@@ -33,6 +33,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
         let redis = RedisNodes::connect(&settings.redis)?;
         Ok(Self {
             db: db::build_pool(&settings.database)?,

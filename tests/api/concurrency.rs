@@ -6,10 +6,17 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, new_key};
 
+/// Settings for tests whose point is contention on one wallet: a generous lock wait, so that a
+/// loaded CI machine queues requests instead of shedding them with 503 `lock_timeout`.
+fn contended(settings: &mut walletd::config::Settings) {
+    settings.database.pool_max_size = 16;
+    settings.lock.wait_ms_max = 8_000;
+}
+
 /// 64 concurrent debits of 800.00 on 1000.00, distinct keys: exactly one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_double_charge_is_impossible() {
-    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let app = TestApp::spawn_with(contended).await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "1000.00").await;
 
@@ -44,7 +51,7 @@ async fn the_double_charge_is_impossible() {
 /// 201 body or a 409 in-progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_storm_charges_once() {
-    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let app = TestApp::spawn_with(contended).await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
     let key = new_key();
@@ -95,7 +102,7 @@ async fn a_retry_storm_charges_once() {
 /// key, and every request ends with exactly one outcome.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_load_keeps_every_invariant() {
-    let app = TestApp::spawn_with(|s| s.database.pool_max_size = 16).await;
+    let app = TestApp::spawn_with(contended).await;
     let wallet = app
         .create_wallet_with(json!({"currency": "EUR", "overdraft_limit": "5.00"}))
         .await;
@@ -150,4 +157,44 @@ async fn mixed_load_keeps_every_invariant() {
     );
     let entries = app.assert_invariants(&wallet).await;
     assert_eq!(entries.len(), created + 1);
+}
+
+/// Lock safety beyond Redlock: two replicas (each with its own in-process queue) share the
+/// wallet, and with a 10 ms TTL every Redis lock expires while its holder is still working, so
+/// nothing above the database provides mutual exclusion. The row lock and the in-lock re-read
+/// still allow exactly one of the competing debits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_redis_lock_cannot_double_charge() {
+    let short_lock = |s: &mut walletd::config::Settings| {
+        s.database.pool_max_size = 12;
+        s.lock.ttl_ms = 10;
+    };
+    let first = TestApp::spawn_with(short_lock).await;
+    let second = TestApp::spawn_on(first.database_url.clone(), short_lock).await;
+    let wallet = first.create_wallet("EUR").await;
+    first.fund(&wallet, "1000.00").await;
+
+    let statuses = join_all((0..32).map(|i| {
+        let replica = if i % 2 == 0 { &first } else { &second };
+        let (key, path) = (&first.api_key, format!("/v1/wallets/{wallet}/debit"));
+        async move {
+            let body = json!({"amount": "800.00", "currency": "EUR"});
+            replica
+                .post_as(key, &path, &new_key(), &body)
+                .await
+                .status()
+        }
+    }))
+    .await;
+
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED
+        || *s == StatusCode::UNPROCESSABLE_ENTITY
+        || *s == StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(first.wallet(&wallet).await["balance"], "200.00");
+    first.assert_invariants(&wallet).await;
 }

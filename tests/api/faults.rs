@@ -374,3 +374,86 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let entries: Vec<Value> = app.assert_invariants(&wallet).await;
     assert_eq!(entries.len(), 2);
 }
+
+/// Logs never carry an API key's secret, even at debug level and for a refused key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_never_contain_an_api_key_secret() {
+    let app = TestApp::spawn().await;
+    let port = free_port();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .arg("serve")
+        .env("DATABASE_URL", &app.database_url)
+        .env("WALLETD_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "walletd did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secret = app.api_key.rsplit('_').next().unwrap().to_owned();
+    let mut wrong = app.api_key.clone();
+    wrong.replace_range(wrong.len() - 8.., "00000000");
+    for key in [app.api_key.as_str(), wrong.as_str()] {
+        let _ = app
+            .client
+            .post(format!("{base}/v1/wallets"))
+            .bearer_auth(key)
+            .header("Idempotency-Key", new_key())
+            .json(&json!({"currency": "EUR"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let pid = server.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut stderr = String::new();
+        server
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        let mut stdout = String::new();
+        server
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .await
+            .unwrap();
+        server.wait().await.unwrap();
+        stderr + &stdout
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.contains("request"),
+        "debug logs were captured: {output}"
+    );
+    assert!(
+        !output.contains(&secret),
+        "the API key secret appeared in the logs"
+    );
+    assert!(
+        !output.contains(&wrong),
+        "a presented key appeared in the logs"
+    );
+}
