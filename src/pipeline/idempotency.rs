@@ -124,11 +124,13 @@ pub async fn begin(
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     for _ in 0..CLAIM_ATTEMPTS_MAX {
         let token = Uuid::new_v4();
+        // No conflict target: a racing twin may collide on the primary key or on the
+        // (tenant, key, wallet) unique key first, and either means "the key exists".
         let inserted: Option<Token> = diesel::sql_query(
             "INSERT INTO idempotency_keys \
                  (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
              VALUES ($1, $2, $3, $4, 'in_progress', $5, clock_timestamp() + $6 * interval '1 millisecond') \
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING \
+             ON CONFLICT DO NOTHING \
              RETURNING lease_token",
         )
         .bind::<SqlUuid, _>(request.tenant.as_uuid())

@@ -198,3 +198,34 @@ async fn an_expired_redis_lock_cannot_double_charge() {
     assert_eq!(first.wallet(&wallet).await["balance"], "200.00");
     first.assert_invariants(&wallet).await;
 }
+
+/// Double-clicks: two identical requests at the same instant, many times over. Each pair gets
+/// one execution and the other a replay or a 409; never a 500 (the racing INSERTs of the key
+/// may collide on either of its unique keys).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_twins_never_get_a_server_error() {
+    let app = TestApp::spawn_with(contended).await;
+    let wallet = app.create_wallet("EUR").await;
+    let path = format!("/v1/wallets/{wallet}/credit");
+    let body = json!({"amount": "1.00", "currency": "EUR"});
+    let mut executed = 0;
+    for _ in 0..150 {
+        let key = new_key();
+        let (a, b) = tokio::join!(app.post(&path, &key, &body), app.post(&path, &key, &body));
+        for response in [a, b] {
+            let status = response.status();
+            assert!(
+                status == StatusCode::CREATED || status == StatusCode::CONFLICT,
+                "twin got {status}"
+            );
+            if status == StatusCode::CREATED
+                && response.headers().get("idempotent-replayed").is_none()
+            {
+                executed += 1;
+            }
+        }
+    }
+    assert_eq!(executed, 150, "each pair executes exactly once");
+    assert_eq!(app.wallet(&wallet).await["balance"], "150.00");
+    app.assert_invariants(&wallet).await;
+}
