@@ -23,3 +23,5 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== chaos (scripts/chaos.sh)"
+scripts/chaos.sh
