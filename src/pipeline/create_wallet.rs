@@ -4,7 +4,8 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
-use super::idempotency::{Claim, ClaimLost, StoredResponse};
+use super::idempotency::{Claim, StoredResponse};
+use super::transaction::TxError;
 use crate::api::error::ApiError;
 use crate::api::representations::Wallet;
 use crate::db::models::{NewWallet, WalletRow};
@@ -19,16 +20,6 @@ pub struct CreateWalletCommand {
     pub overdraft_limit: NonNegativeAmount,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum TxError {
-    #[error(transparent)]
-    Db(#[from] diesel::result::Error),
-    #[error(transparent)]
-    ClaimLost(#[from] ClaimLost),
-    #[error("rendering the response: {0}")]
-    Render(anyhow::Error),
-}
-
 pub async fn create_wallet(
     pool: &PgPool,
     claim: &Claim,
@@ -37,11 +28,7 @@ pub async fn create_wallet(
     let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
     conn.transaction(async |c| create_once(c, claim, command).await)
         .await
-        .map_err(|error| match error {
-            TxError::Db(error) => ApiError::from_db(error),
-            TxError::ClaimLost(_) => ApiError::IdempotencyKeyInProgress,
-            TxError::Render(error) => ApiError::Internal(error),
-        })
+        .map_err(ApiError::from)
 }
 
 async fn create_once(

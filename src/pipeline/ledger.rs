@@ -10,18 +10,15 @@ use diesel::sql_types::Timestamptz;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::idempotency::{Claim, ClaimLost, StoredResponse};
+use super::idempotency::{Claim, StoredResponse};
+use super::transaction::{TRANSACTION_ATTEMPTS_MAX, TxError};
 use crate::api::error::ApiError;
 use crate::api::representations::Transaction;
-use crate::db::errors::{DbFailure, classify};
 use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
 use crate::db::{PgConn, PgPool};
 use crate::domain::money::BALANCE_MAX;
 use crate::domain::{BoundedText, Metadata, Money, TransactionId, WalletId};
-
-/// Times a transaction that failed with a serialization failure or deadlock is run again.
-const TRANSACTION_ATTEMPTS_MAX: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -124,19 +121,6 @@ fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
     }
 }
 
-/// Why the transaction did not commit.
-#[derive(Debug, thiserror::Error)]
-enum TxError {
-    #[error(transparent)]
-    Db(#[from] diesel::result::Error),
-    #[error(transparent)]
-    ClaimLost(#[from] ClaimLost),
-    #[error("rejected: {0}")]
-    Rejected(ApiError),
-    #[error("rendering the response: {0}")]
-    Render(anyhow::Error),
-}
-
 /// Runs layers 3 and 4 for one entry and returns the response to send (and that was stored).
 pub async fn post_entry(
     pool: &PgPool,
@@ -150,19 +134,11 @@ pub async fn post_entry(
             .transaction(async |c| post_entry_once(c, claim, command).await)
             .await;
         match outcome {
-            Ok(response) => return Ok(response),
-            Err(TxError::Db(error))
-                if classify(&error) == DbFailure::Retryable
-                    && attempt < TRANSACTION_ATTEMPTS_MAX =>
-            {
+            Err(error) if error.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX => {
                 tracing::info!(%error, attempt, "transaction conflict; retrying");
                 attempt += 1;
             }
-            Err(TxError::Db(error)) => return Err(ApiError::from_db(error)),
-            // Another request owns the key now; it will store the answer.
-            Err(TxError::ClaimLost(_)) => return Err(ApiError::IdempotencyKeyInProgress),
-            Err(TxError::Rejected(error)) => return Err(error),
-            Err(TxError::Render(error)) => return Err(ApiError::Internal(error)),
+            other => return other.map_err(ApiError::from),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod lock;
 pub mod replay_cache;
+pub mod transaction;
 
 use std::future::Future;
 use std::time::Instant;

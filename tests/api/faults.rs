@@ -127,6 +127,47 @@ impl Drop for PrivatePostgres {
     }
 }
 
+/// Runs the real `walletd serve` binary against the app's database on a free port and waits
+/// until it answers; `capture_output` pipes its stdout and stderr instead of discarding them.
+async fn serve_binary(
+    app: &TestApp,
+    rust_log: &str,
+    capture_output: bool,
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let output = || {
+        if capture_output {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
+    let server = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .arg("serve")
+        .env("DATABASE_URL", &app.database_url)
+        .env("WALLETD_BIND", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", rust_log)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(output())
+        .stderr(output())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "walletd did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, base)
+}
+
 /// A row lock held by another session makes a debit wait at most `database.lock_timeout_ms`,
 /// then answer 503 `lock_timeout`; nothing is stored, so the same key executes once the row
 /// is free.
@@ -288,30 +329,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .arg("serve")
-        .env("DATABASE_URL", &app.database_url)
-        .env("WALLETD_BIND", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "walletd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut server, base) = serve_binary(&app, "warn", false).await;
 
     // A request that will be in flight when SIGTERM arrives: it waits for a lock we hold.
     let lock_key = wallet_lock_key(WalletId::parse(&wallet).unwrap());
@@ -364,7 +382,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .expect("exits in time")
         .unwrap();
     assert!(status.success(), "exit status {status:?}");
-    let mut probe = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    let mut probe = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await;
     if let Ok(socket) = probe.as_mut() {
         // Accepting a connection after exit would be a bug; a reset is fine.
         let mut buffer = [0u8; 1];
@@ -379,30 +397,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_never_contain_an_api_key_secret() {
     let app = TestApp::spawn().await;
-    let port = free_port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
-        .arg("serve")
-        .env("DATABASE_URL", &app.database_url)
-        .env("WALLETD_BIND", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "debug")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while app
-        .client
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "walletd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut server, base) = serve_binary(&app, "debug", true).await;
     let secret = app.api_key.rsplit('_').next().unwrap().to_owned();
     let mut wrong = app.api_key.clone();
     wrong.replace_range(wrong.len() - 8.., "00000000");
