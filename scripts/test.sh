@@ -25,3 +25,5 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== chaos (scripts/chaos.sh)"
 scripts/chaos.sh
+echo "== schemathesis (scripts/schemathesis.sh)"
+scripts/schemathesis.sh

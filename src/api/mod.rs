@@ -4,6 +4,7 @@
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi_schemas;
 pub mod ops;
 pub mod representations;
 pub mod respond;
@@ -79,7 +80,19 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
         transactions::get_transaction,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
-    modifiers(&BearerAuth)
+    components(
+        schemas(openapi_schemas::Problem, openapi_schemas::ReplayedFlag),
+        responses(
+            openapi_schemas::BadEntryRequest, openapi_schemas::BadQuery,
+            openapi_schemas::Unauthorized, openapi_schemas::Forbidden,
+            openapi_schemas::WalletNotFound, openapi_schemas::TransactionNotFound,
+            openapi_schemas::IdempotencyKeyInProgress, openapi_schemas::PayloadTooLarge,
+            openapi_schemas::UnsupportedMediaType, openapi_schemas::DebitDeclined,
+            openapi_schemas::CreditDeclined, openapi_schemas::IdempotencyKeyReused,
+            openapi_schemas::RateLimited, openapi_schemas::Unavailable,
+        ),
+    ),
+    modifiers(&BearerAuth, &CommonHeaders)
 )]
 struct ApiDoc;
 
@@ -95,7 +108,46 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// `Cache-Control` and `X-Request-Id` on every documented response.
+struct CommonHeaders;
+
+impl utoipa::Modify for CommonHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut add = |response: &mut utoipa::openapi::RefOr<utoipa::openapi::Response>| {
+            if let utoipa::openapi::RefOr::T(response) = response {
+                openapi_schemas::add_common_headers(response);
+            }
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation
+                    .responses
+                    .responses
+                    .values_mut()
+                    .for_each(&mut add);
+            }
+        }
+        if let Some(components) = openapi.components.as_mut() {
+            components.responses.values_mut().for_each(&mut add);
+        }
+    }
+}
+
 /// The OpenAPI document, rendered once at start.
 pub fn openapi_json() -> anyhow::Result<String> {
-    Ok(ApiDoc::openapi().to_pretty_json()?)
+    let mut doc = serde_json::to_value(ApiDoc::openapi())?;
+    openapi_schemas::finish_document(&mut doc);
+    Ok(serde_json::to_string_pretty(&doc)?)
 }

@@ -14,11 +14,18 @@ use crate::startup::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
+    /// Always `ok`.
+    #[schema(schema_with = health_status)]
     status: &'static str,
 }
 
+fn health_status() -> utoipa::openapi::Object {
+    one_of_strings(&["ok"])
+}
+
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process answers", body = Health)))]
 pub async fn healthz() -> Result<HttpResponse, ApiError> {
     json_ok(&Health { status: "ok" })
 }
@@ -28,21 +35,43 @@ pub struct RedisNodeStatus {
     /// `host:port` (never a password).
     node: String,
     /// `up` or `down`.
+    #[schema(schema_with = up_or_down)]
     status: &'static str,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready`, `degraded` (ready, some Redis nodes down) or `unavailable`.
+    #[schema(schema_with = readiness_status)]
     status: &'static str,
     /// `up` or `down`.
+    #[schema(schema_with = up_or_down)]
     postgres: &'static str,
     redis: Vec<RedisNodeStatus>,
 }
 
+fn one_of_strings(values: &[&'static str]) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .build()
+}
+
+fn up_or_down() -> utoipa::openapi::Object {
+    one_of_strings(&["up", "down"])
+}
+
+fn readiness_status() -> utoipa::openapi::Object {
+    one_of_strings(&["ready", "degraded", "unavailable"])
+}
+
 /// Readiness: 200 when Postgres answers and migrations are applied, else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+    responses(
+        (status = 200, description = "Ready (`ready`, or `degraded`: some Redis nodes are down)", body = Readiness),
+        (status = 503, description = "Postgres is unreachable or not migrated", body = Readiness,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
+    ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let postgres_up = postgres_ready(&state).await;
     let redis = join_all(state.redis.all().iter().map(|node| async move {
@@ -106,7 +135,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 
 /// This API's OpenAPI 3.1 document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "OpenAPI document")))]
+    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 pub async fn openapi(doc: web::Data<String>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))

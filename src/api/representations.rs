@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::openapi_schemas::{entry_type, signed_money, timestamp, unsigned_money, wallet_status};
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::domain::Currency;
 
@@ -21,25 +22,30 @@ fn currency_of(code: &str) -> anyhow::Result<Currency> {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Wallet {
-    #[schema(example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a")]
+    #[schema(format = Uuid, example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a")]
     pub id: String,
-    #[schema(example = "EUR")]
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    #[schema(required = true)]
     pub owner_ref: Option<String>,
-    #[schema(example = "100.00")]
+    /// Below 0 only within the overdraft limit.
+    #[schema(schema_with = signed_money, example = "100.00")]
     pub balance: String,
-    #[schema(example = "0.00")]
+    #[schema(schema_with = unsigned_money, example = "0.00")]
     pub held: String,
     /// `balance - held + overdraft_limit`; never below 0.
-    #[schema(example = "100.00")]
+    #[schema(schema_with = unsigned_money, example = "100.00")]
     pub available: String,
-    #[schema(example = "0.00")]
+    #[schema(schema_with = unsigned_money, example = "0.00")]
     pub overdraft_limit: String,
     /// Raised by every change to the wallet.
+    #[schema(minimum = 1)]
     pub version: i64,
-    #[schema(example = "active")]
+    #[schema(schema_with = wallet_status, example = "active")]
     pub status: String,
+    #[schema(schema_with = timestamp)]
     pub created_at: String,
+    #[schema(schema_with = timestamp)]
     pub updated_at: String,
 }
 
@@ -64,27 +70,34 @@ impl Wallet {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Transaction {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(format = Uuid)]
     pub wallet_id: String,
     /// `debit` or `credit`.
     #[serde(rename = "type")]
-    #[schema(example = "debit")]
+    #[schema(schema_with = entry_type, example = "debit")]
     pub kind: String,
-    #[schema(example = "12.50")]
+    #[schema(schema_with = unsigned_money, example = "12.50")]
     pub amount: String,
-    #[schema(example = "EUR")]
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
-    #[schema(example = "100.00")]
+    #[schema(schema_with = signed_money, example = "100.00")]
     pub balance_before: String,
-    #[schema(example = "87.50")]
+    #[schema(schema_with = signed_money, example = "87.50")]
     pub balance_after: String,
     /// Per-wallet, gapless, starting at 1.
+    #[schema(minimum = 1)]
     pub seq: i64,
+    #[schema(required = true)]
     pub reference: Option<String>,
+    #[schema(required = true)]
     pub description: Option<String>,
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
+    #[schema(min_length = 1, max_length = 255)]
     pub idempotency_key: String,
+    #[schema(schema_with = timestamp)]
     pub created_at: String,
 }
 
@@ -114,6 +127,7 @@ impl Transaction {
 pub struct LedgerPage {
     pub entries: Vec<Transaction>,
     /// Pass as `after` to get the next page; `null` on the last page.
+    #[schema(required = true, pattern = "^[0-9]+$")]
     pub next_cursor: Option<String>,
 }
 

@@ -5,6 +5,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
 use super::error::ApiError;
+use super::openapi_schemas::{
+    Forbidden, RateLimited, TransactionNotFound, Unauthorized, Unavailable,
+};
 use super::representations::Transaction;
 use super::respond::json_ok;
 use crate::auth::Caller;
@@ -15,8 +18,15 @@ use crate::startup::AppState;
 
 /// Read one ledger entry.
 #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions",
-    params(("id" = String, Path, description = "transaction id")),
-    responses((status = 200, body = Transaction), (status = 404, description = "transaction_not_found")),
+    params(("id" = String, Path, description = "Transaction id (a UUID; any other string answers 404)")),
+    responses(
+        (status = 200, description = "The ledger entry", body = Transaction),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = TransactionNotFound),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:read"])))]
 pub async fn get_transaction(
     state: web::Data<AppState>,

@@ -4,10 +4,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::Deserialize;
-use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::extract::{JsonBody, idempotency_key, query};
+use super::openapi_schemas::{
+    BadEntryRequest, BadQuery, CreditDeclined, DebitDeclined, Forbidden, IdempotencyKeyHeader,
+    IdempotencyKeyInProgress, IdempotencyKeyReused, PayloadTooLarge, RateLimited, ReplayedFlag,
+    Unauthorized, Unavailable, UnsupportedMediaType, WalletNotFound,
+};
 use super::representations::{LedgerPage, Transaction, Wallet};
 use super::respond::{json_ok, respond};
 use crate::auth::Caller;
@@ -28,16 +32,14 @@ const DESCRIPTION_CHARS_MAX: usize = 1024;
 const LEDGER_PAGE_DEFAULT: i64 = 100;
 const LEDGER_PAGE_MAX: i64 = 1000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /v1/wallets`. Its OpenAPI schema is written out in `openapi_schemas`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWalletBody {
     /// ISO 4217 alpha-3, upper case.
-    #[schema(example = "EUR")]
     currency: String,
-    #[schema(example = "user-42")]
     owner_ref: Option<String>,
     /// Decimal string, >= 0, at most the currency's minor-unit digits. Default "0".
-    #[schema(example = "0.00")]
     overdraft_limit: Option<String>,
 }
 
@@ -61,20 +63,16 @@ impl CreateWalletBody {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// Debit and credit bodies. Its OpenAPI schema is written out in `openapi_schemas`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryBody {
     /// Decimal string, > 0, at most 10^15, at most the currency's minor-unit digits.
-    #[schema(example = "12.50")]
     amount: String,
-    #[schema(example = "EUR")]
     currency: String,
-    #[schema(example = "booking-123")]
     reference: Option<String>,
-    #[schema(example = "Booking payment")]
     description: Option<String>,
     /// Any JSON object, returned as given.
-    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -122,9 +120,33 @@ impl EntryBody {
 
 /// Create a wallet.
 #[utoipa::path(post, path = "/v1/wallets", tag = "wallets",
-    request_body = CreateWalletBody,
-    params(("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters")),
-    responses((status = 201, body = Wallet), (status = "4XX", description = "problem+json")),
+    request_body(content = CreateWalletBody, content_type = "application/json"),
+    params(IdempotencyKeyHeader),
+    responses(
+        (status = 201, description = "The new wallet (or the stored answer to a retry)", body = Wallet,
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            links(
+                ("GetWallet" = (operation_id = "get_wallet",
+                    parameters(("id" = "$response.body#/id")))),
+                ("Ledger" = (operation_id = "ledger",
+                    parameters(("id" = "$response.body#/id")))),
+                ("Credit" = (operation_id = "credit",
+                    parameters(("id" = "$response.body#/id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                ("Debit" = (operation_id = "debit",
+                    parameters(("id" = "$response.body#/id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+            )),
+        (status = 400, response = BadEntryRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 409, response = IdempotencyKeyInProgress),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = IdempotencyKeyReused),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:write"])))]
 pub async fn create_wallet(
     request: HttpRequest,
@@ -149,8 +171,15 @@ pub async fn create_wallet(
 
 /// Read a wallet.
 #[utoipa::path(get, path = "/v1/wallets/{id}", tag = "wallets",
-    params(("id" = String, Path, description = "wallet id")),
-    responses((status = 200, body = Wallet), (status = 404, description = "wallet_not_found")),
+    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)")),
+    responses(
+        (status = 200, description = "The wallet", body = Wallet),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = WalletNotFound),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:read"])))]
 pub async fn get_wallet(
     state: web::Data<AppState>,
@@ -164,13 +193,37 @@ pub async fn get_wallet(
 
 /// Debit a wallet (four layers: idempotency, Redis lock, row lock, balance check).
 #[utoipa::path(post, path = "/v1/wallets/{id}/debit", tag = "wallets",
-    request_body = EntryBody,
-    params(("id" = String, Path, description = "wallet id"),
-           ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters")),
-    responses((status = 201, body = Transaction),
-              (status = 422, description = "insufficient_funds, currency_mismatch, wallet_closed, idempotency_key_reused"),
-              (status = 409, description = "idempotency_key_in_progress"),
-              (status = 503, description = "lock_timeout, unavailable")),
+    request_body(content = EntryBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+           IdempotencyKeyHeader),
+    responses(
+        (status = 201, description = "The ledger entry (or the stored answer to a retry)", body = Transaction,
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            links(
+                ("GetTransaction" = (operation_id = "get_transaction",
+                    parameters(("id" = "$response.body#/id")))),
+                ("GetWallet" = (operation_id = "get_wallet",
+                    parameters(("id" = "$response.body#/wallet_id")))),
+                ("Ledger" = (operation_id = "ledger",
+                    parameters(("id" = "$response.body#/wallet_id")))),
+                ("Credit" = (operation_id = "credit",
+                    parameters(("id" = "$response.body#/wallet_id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                ("Debit" = (operation_id = "debit",
+                    parameters(("id" = "$response.body#/wallet_id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+            )),
+        (status = 400, response = BadEntryRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = WalletNotFound),
+        (status = 409, response = IdempotencyKeyInProgress),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = DebitDeclined),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:write"])))]
 pub async fn debit(
     request: HttpRequest,
@@ -184,13 +237,37 @@ pub async fn debit(
 
 /// Credit a wallet.
 #[utoipa::path(post, path = "/v1/wallets/{id}/credit", tag = "wallets",
-    request_body = EntryBody,
-    params(("id" = String, Path, description = "wallet id"),
-           ("Idempotency-Key" = String, Header, description = "1-255 printable ASCII characters")),
-    responses((status = 201, body = Transaction),
-              (status = 422, description = "currency_mismatch, wallet_closed, idempotency_key_reused"),
-              (status = 409, description = "idempotency_key_in_progress"),
-              (status = 503, description = "lock_timeout, unavailable")),
+    request_body(content = EntryBody, content_type = "application/json"),
+    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+           IdempotencyKeyHeader),
+    responses(
+        (status = 201, description = "The ledger entry (or the stored answer to a retry)", body = Transaction,
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            links(
+                ("GetTransaction" = (operation_id = "get_transaction",
+                    parameters(("id" = "$response.body#/id")))),
+                ("GetWallet" = (operation_id = "get_wallet",
+                    parameters(("id" = "$response.body#/wallet_id")))),
+                ("Ledger" = (operation_id = "ledger",
+                    parameters(("id" = "$response.body#/wallet_id")))),
+                ("Credit" = (operation_id = "credit",
+                    parameters(("id" = "$response.body#/wallet_id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                ("Debit" = (operation_id = "debit",
+                    parameters(("id" = "$response.body#/wallet_id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+            )),
+        (status = 400, response = BadEntryRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = WalletNotFound),
+        (status = 409, response = IdempotencyKeyInProgress),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = CreditDeclined),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:write"])))]
 pub async fn credit(
     request: HttpRequest,
@@ -240,10 +317,20 @@ struct LedgerQuery {
 
 /// A wallet's ledger, oldest first, with a keyset cursor.
 #[utoipa::path(get, path = "/v1/wallets/{id}/ledger", tag = "wallets",
-    params(("id" = String, Path, description = "wallet id"),
-           ("limit" = Option<i64>, Query, description = "1..=1000, default 100"),
-           ("after" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = LedgerPage), (status = 404, description = "wallet_not_found")),
+    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+               description = "Page size, 1..=1000, default 100"),
+           ("after" = Option<i64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
+               description = "`next_cursor` of the previous page (the `seq` of its last entry)")),
+    responses(
+        (status = 200, description = "A page of the ledger, oldest first", body = LedgerPage),
+        (status = 400, response = BadQuery),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = WalletNotFound),
+        (status = 429, response = RateLimited),
+        (status = 503, response = Unavailable),
+    ),
     security(("bearer" = ["wallets:read"])))]
 pub async fn ledger(
     request: HttpRequest,

@@ -244,3 +244,37 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
     );
     assert_eq!(app.assert_invariants(&wallet).await.len(), 1002);
 }
+
+/// Metadata numbers survive the round trip through `jsonb`, even the largest finite float
+/// (Postgres renders it as a 309-digit integer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_metadata_numbers_round_trip() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    let body = r#"{"amount":"5.00","currency":"EUR","metadata":{"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324,"big":123456789012345678901234567890}}"#;
+    let response = app
+        .client
+        .post(app.url(&format!("/v1/wallets/{wallet}/credit")))
+        .bearer_auth(&app.api_key)
+        .header("Idempotency-Key", new_key())
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let entry: Value = response.json().await.unwrap();
+    assert_eq!(entry["metadata"]["max"].as_f64(), Some(f64::MAX));
+    assert_eq!(entry["metadata"]["min"].as_f64(), Some(f64::MIN));
+    assert!(entry["metadata"]["tiny"].as_f64().unwrap() > 0.0);
+    let fetched: Value = app
+        .get(&format!(
+            "/v1/transactions/{}",
+            entry["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, entry);
+}

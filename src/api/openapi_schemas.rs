@@ -1,0 +1,636 @@
+//! Schema-only types for `GET /openapi.json`: what the derives cannot say on their own. Nothing
+//! here takes part in handling a request; it describes, as strictly as JSON Schema can, what the
+//! handlers accept and answer, so that a schema-valid request is accepted and a schema-invalid
+//! one is refused (checked by `scripts/schemathesis.sh`).
+//!
+//! - Request bodies are one branch per group of currencies with the same minor units: the
+//!   currency enum comes from [`Currency::parse`] itself, the amount pattern allows exactly that
+//!   many fraction digits, > 0 (or >= 0 for an overdraft limit) and <= 10^15.
+//! - Every error is an RFC 9457 problem document (`application/problem+json`) whose `status`,
+//!   `code` and `type` are pinned per response.
+//! - Every response carries `Cache-Control: no-store` and `X-Request-Id`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AdditionalProperties, AllOfBuilder, AnyOfBuilder, SchemaType};
+use utoipa::openapi::{
+    ArrayBuilder, ContentBuilder, Header, HeaderBuilder, KnownFormat, ObjectBuilder, OneOfBuilder,
+    Ref, RefOr, Required, Response, ResponseBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::{IntoParams, PartialSchema, ToResponse, ToSchema};
+
+use super::error::PROBLEM_JSON;
+use super::wallets::{CreateWalletBody, EntryBody};
+use crate::domain::Currency;
+
+/// 1-255 printable ASCII characters. HTTP strips whitespace around a header value, so a key
+/// cannot begin or end with a space on the wire.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~](?:[ -~]{0,253}[!-~])?$";
+
+/// No control characters (Unicode Cc, what `char::is_control` refuses).
+const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// No NUL character (Postgres `jsonb` cannot store one).
+const NO_NUL: &str = r"^[^\u0000]*$";
+/// 10^15, the largest amount (inclusive).
+const AMOUNT_MAX: &str = "1000000000000000";
+/// Money as rendered in responses: exactly the currency's minor-unit digits (at most 4).
+const SIGNED_MONEY: &str = r"^-?[0-9]+(?:\.[0-9]{1,4})?$";
+const UNSIGNED_MONEY: &str = r"^[0-9]+(?:\.[0-9]{1,4})?$";
+/// RFC 3339 UTC with microseconds.
+const TIMESTAMP_PATTERN: &str =
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$";
+
+/// Every ISO 4217 code walletd accepts, grouped by minor units (0, 2, 3, 4): all 17,576
+/// upper-case three-letter strings run through the same parser the handlers use.
+fn currencies_by_minor_units() -> BTreeMap<u32, Vec<&'static str>> {
+    let mut groups: BTreeMap<u32, Vec<&'static str>> = BTreeMap::new();
+    for a in 'A'..='Z' {
+        for b in 'A'..='Z' {
+            for c in 'A'..='Z' {
+                if let Ok(currency) = Currency::parse(&format!("{a}{b}{c}")) {
+                    groups
+                        .entry(currency.minor_units())
+                        .or_default()
+                        .push(currency.code());
+                }
+            }
+        }
+    }
+    groups
+}
+
+/// A fraction of 1..=`digits` digits that is not all zeros.
+fn non_zero_fraction(digits: usize) -> String {
+    (0..digits)
+        .map(|zeros| {
+            let rest = digits - 1 - zeros;
+            let tail = if rest == 0 {
+                String::new()
+            } else {
+                format!("[0-9]{{0,{rest}}}")
+            };
+            format!("{}[1-9]{tail}", "0".repeat(zeros))
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+/// A decimal string > 0 and <= 10^15 with at most `digits` fraction digits (leading zeros are
+/// allowed, as `Money::parse` allows them).
+pub fn positive_amount_pattern(digits: u32) -> String {
+    let d = digits as usize;
+    if d == 0 {
+        return format!("^0*(?:[1-9][0-9]{{0,14}}|{AMOUNT_MAX})$");
+    }
+    format!(
+        r"^0*(?:[1-9][0-9]{{0,14}}(?:\.[0-9]{{1,{d}}})?|{AMOUNT_MAX}(?:\.0{{1,{d}}})?|0\.(?:{}))$",
+        non_zero_fraction(d)
+    )
+}
+
+/// A decimal string >= 0 and <= 10^15 with at most `digits` fraction digits.
+pub fn non_negative_amount_pattern(digits: u32) -> String {
+    let d = digits as usize;
+    if d == 0 {
+        return format!("^0*(?:[0-9]{{1,15}}|{AMOUNT_MAX})$");
+    }
+    format!(r"^0*(?:[0-9]{{1,15}}(?:\.[0-9]{{1,{d}}})?|{AMOUNT_MAX}(?:\.0{{1,{d}}})?)$")
+}
+
+fn string() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+fn nullable(schema_type: Type) -> SchemaType {
+    SchemaType::from_iter([schema_type, Type::Null])
+}
+
+/// `owner_ref`, `reference`, `description`: optional text, 1..=`max` characters, no control
+/// characters; `null` is the same as absent.
+fn optional_text(max: usize, description: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::String))
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(NO_CONTROL_CHARACTERS))
+        .description(Some(description))
+}
+
+fn currency_enum(codes: &[&'static str]) -> ObjectBuilder {
+    string()
+        .enum_values(Some(codes.iter().copied()))
+        .description(Some("ISO 4217 alpha-3, upper case"))
+}
+
+fn closed_object() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+}
+
+fn example_for(digits: u32) -> &'static str {
+    match digits {
+        0 => "1250",
+        2 => "12.50",
+        3 => "12.500",
+        _ => "12.5000",
+    }
+}
+
+impl PartialSchema for EntryBody {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new()
+            .description(Some(
+                "An amount in the wallet's currency. One branch per number of minor units: \
+                 the amount is a decimal string > 0 and <= 10^15 with at most that many \
+                 fraction digits. Unknown fields are refused.",
+            ))
+            .examples([json!({
+                "amount": "12.50", "currency": "EUR", "reference": "booking-123",
+                "description": "Booking payment", "metadata": {}
+            })]);
+        for (digits, codes) in currencies_by_minor_units() {
+            let branch = closed_object()
+                .title(Some(format!("{digits} minor units")))
+                .property(
+                    "amount",
+                    string()
+                        .pattern(Some(positive_amount_pattern(digits)))
+                        .examples([example_for(digits)]),
+                )
+                .required("amount")
+                .property("currency", currency_enum(&codes))
+                .required("currency")
+                .property(
+                    "reference",
+                    optional_text(255, "The caller's reference, e.g. a booking id"),
+                )
+                .property("description", optional_text(1024, "Free text"))
+                .property("metadata", Ref::from_schema_name("Metadata"));
+            one_of = one_of.item(branch);
+        }
+        RefOr::T(Schema::OneOf(one_of.build()))
+    }
+}
+
+impl ToSchema for EntryBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("EntryBody")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push(("Metadata".into(), metadata_schema()));
+        schemas.push(("MetadataValue".into(), metadata_value_schema()));
+    }
+}
+
+/// `metadata`: a JSON object (or `null`, the same as absent) without NUL characters anywhere.
+fn metadata_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::Object))
+        .property_names(Some(string().pattern(Some(NO_NUL))))
+        .additional_properties(Some(Ref::from_schema_name("MetadataValue")))
+        .description(Some(
+            "Any JSON object, stored and returned as Postgres jsonb normalises it; no NUL \
+             characters in keys or strings",
+        ))
+        .into()
+}
+
+fn metadata_value_schema() -> RefOr<Schema> {
+    let any_of = AnyOfBuilder::new()
+        .item(string().pattern(Some(NO_NUL)))
+        .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
+            Type::Number,
+            Type::Boolean,
+            Type::Null,
+        ])))
+        .item(ArrayBuilder::new().items(Ref::from_schema_name("MetadataValue")))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property_names(Some(string().pattern(Some(NO_NUL))))
+                .additional_properties(Some(Ref::from_schema_name("MetadataValue"))),
+        );
+    RefOr::T(Schema::AnyOf(any_of.build()))
+}
+
+impl PartialSchema for CreateWalletBody {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new()
+            .description(Some(
+                "A new wallet. One branch per number of minor units: `overdraft_limit` is a \
+                 decimal string >= 0 and <= 10^15 with at most that many fraction digits \
+                 (default 0). Unknown fields are refused.",
+            ))
+            .examples([
+                json!({"currency": "EUR", "owner_ref": "user-42", "overdraft_limit": "0.00"}),
+            ]);
+        for (digits, codes) in currencies_by_minor_units() {
+            let branch = closed_object()
+                .title(Some(format!("{digits} minor units")))
+                .property("currency", currency_enum(&codes))
+                .required("currency")
+                .property(
+                    "owner_ref",
+                    optional_text(255, "The caller's reference for the owner"),
+                )
+                .property(
+                    "overdraft_limit",
+                    ObjectBuilder::new()
+                        .schema_type(nullable(Type::String))
+                        .pattern(Some(non_negative_amount_pattern(digits)))
+                        .description(Some("How far below 0 the balance may go; default 0")),
+                );
+            one_of = one_of.item(branch);
+        }
+        RefOr::T(Schema::OneOf(one_of.build()))
+    }
+}
+
+impl ToSchema for CreateWalletBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("CreateWalletBody")
+    }
+}
+
+/// The `Idempotency-Key` request header of every mutating POST.
+pub struct IdempotencyKeyHeader;
+
+impl IntoParams for IdempotencyKeyHeader {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(
+                    "1-255 printable ASCII characters, scoped to the tenant. Missing: 400 \
+                     idempotency_key_missing; malformed: 400 idempotency_key_invalid. A repeat \
+                     with the same request replays the stored answer.",
+                ))
+                .schema(Some(
+                    string()
+                        .min_length(Some(1))
+                        .max_length(Some(255))
+                        .pattern(Some(IDEMPOTENCY_KEY_PATTERN)),
+                ))
+                .build(),
+        ]
+    }
+}
+
+/// `status` of a wallet.
+pub fn wallet_status() -> ObjectBuilder {
+    string().enum_values(Some(["active", "closed"]))
+}
+
+/// `type` of a ledger entry.
+pub fn entry_type() -> ObjectBuilder {
+    string().enum_values(Some(["debit", "credit"]))
+}
+
+pub fn timestamp() -> ObjectBuilder {
+    string()
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .pattern(Some(TIMESTAMP_PATTERN))
+        .description(Some("RFC 3339 UTC with microseconds"))
+}
+
+/// A balance: a decimal string with exactly the currency's minor-unit digits, below 0 only
+/// within the overdraft limit.
+pub fn signed_money() -> ObjectBuilder {
+    string().pattern(Some(SIGNED_MONEY)).description(Some(
+        "Decimal string with exactly the currency's minor-unit digits; below 0 only within \
+         the overdraft limit",
+    ))
+}
+
+/// An amount, a hold, an overdraft limit or what is available: never below 0.
+pub fn unsigned_money() -> ObjectBuilder {
+    string().pattern(Some(UNSIGNED_MONEY)).description(Some(
+        "Decimal string with exactly the currency's minor-unit digits; never below 0",
+    ))
+}
+
+/// The RFC 9457 problem document every error answers with.
+pub struct Problem;
+
+impl PartialSchema for Problem {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .description(Some(
+                "RFC 9457 problem document; `code` is stable and machine-readable",
+            ))
+            .property(
+                "type",
+                string().pattern(Some("^urn:walletd:problem:[a-z_]+$")),
+            )
+            .required("type")
+            .property("title", string())
+            .required("title")
+            .property(
+                "status",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(400))
+                    .maximum(Some(599)),
+            )
+            .required("status")
+            .property("detail", string())
+            .required("detail")
+            .property("code", string().pattern(Some("^[a-z_]+$")))
+            .required("code")
+            .into()
+    }
+}
+
+impl ToSchema for Problem {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Problem")
+    }
+}
+
+fn header(schema: ObjectBuilder, description: &str) -> Header {
+    HeaderBuilder::new()
+        .schema(schema)
+        .description(Some(description))
+        .build()
+}
+
+fn retry_after() -> (&'static str, Header) {
+    (
+        "Retry-After",
+        header(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0)),
+            "Seconds to wait before retrying with the same Idempotency-Key",
+        ),
+    )
+}
+
+/// `Idempotent-Replayed: true` marks an answer replayed from the idempotency store.
+pub fn idempotent_replayed() -> (&'static str, Header) {
+    (
+        IDEMPOTENT_REPLAYED,
+        header(
+            string().enum_values(Some(["true"])),
+            "Present (`true`) when this is the stored answer to an earlier request with the \
+             same Idempotency-Key",
+        ),
+    )
+}
+
+/// The value of `Idempotent-Replayed`.
+pub struct ReplayedFlag;
+
+impl PartialSchema for ReplayedFlag {
+    fn schema() -> RefOr<Schema> {
+        string().enum_values(Some(["true"])).into()
+    }
+}
+
+impl ToSchema for ReplayedFlag {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ReplayedFlag")
+    }
+}
+
+/// Headers that only some answers carry; every other documented header is required.
+pub const OPTIONAL_HEADERS: [&str; 1] = [IDEMPOTENT_REPLAYED];
+const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
+
+/// A problem response with its status and the codes it may carry.
+fn problem(
+    status: u16,
+    codes: &[&str],
+    description: &str,
+    headers: Vec<(&'static str, Header)>,
+) -> RefOr<Response> {
+    let pinned = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property(
+            "status",
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .enum_values(Some([status])),
+        )
+        .property("code", string().enum_values(Some(codes.iter().copied())))
+        .property(
+            "type",
+            string().enum_values(Some(
+                codes
+                    .iter()
+                    .map(|code| format!("urn:walletd:problem:{code}")),
+            )),
+        );
+    let schema = Schema::AllOf(
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("Problem"))
+            .item(pinned)
+            .build(),
+    );
+    let mut response = ResponseBuilder::new()
+        .description(format!("{description} (`{}`)", codes.join("`, `")))
+        .content(
+            PROBLEM_JSON,
+            ContentBuilder::new().schema(Some(schema)).build(),
+        );
+    for (name, value) in headers {
+        response = response.header(name, value);
+    }
+    response.build().into()
+}
+
+macro_rules! problem_responses {
+    ($($name:ident: $status:literal, [$($code:literal),+], $description:literal, [$($header:expr),*];)+) => {$(
+        #[doc = $description]
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<Response>) {
+                (
+                    stringify!($name),
+                    problem($status, &[$($code),+], $description, vec![$($header),*]),
+                )
+            }
+        }
+    )+};
+}
+
+problem_responses! {
+    BadEntryRequest: 400,
+        ["validation_failed", "idempotency_key_missing", "idempotency_key_invalid"],
+        "Malformed JSON, an unknown field, a bad amount or currency, or a missing or malformed Idempotency-Key; nothing is stored",
+        [];
+    BadQuery: 400, ["validation_failed"], "A bad query parameter", [];
+    Unauthorized: 401, ["unauthorized"], "No, unknown or revoked API key",
+        [("WWW-Authenticate", header(string().enum_values(Some(["Bearer"])), "Always `Bearer`"))];
+    Forbidden: 403, ["forbidden"], "The API key lacks the route's scope", [];
+    WalletNotFound: 404, ["wallet_not_found"],
+        "No such wallet for this tenant (also another tenant's wallet, or an id that is not a UUID)",
+        [idempotent_replayed()];
+    TransactionNotFound: 404, ["transaction_not_found"],
+        "No such transaction for this tenant (also an id that is not a UUID)", [];
+    IdempotencyKeyInProgress: 409, ["idempotency_key_in_progress"],
+        "A request with this Idempotency-Key is still executing; nothing changed", [retry_after()];
+    PayloadTooLarge: 413, ["payload_too_large"], "The body is over 65,536 bytes", [];
+    UnsupportedMediaType: 415, ["unsupported_media_type"],
+        "The body is not `application/json`", [];
+    DebitDeclined: 422,
+        ["insufficient_funds", "currency_mismatch", "wallet_closed", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
+    CreditDeclined: 422, ["currency_mismatch", "wallet_closed", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
+    IdempotencyKeyReused: 422, ["idempotency_key_reused"],
+        "This Idempotency-Key was used for a different request; nothing changed", [];
+    RateLimited: 429, ["rate_limited"], "Per-key rate limit exceeded", [retry_after()];
+    Unavailable: 503, ["lock_timeout", "unavailable"],
+        "The wallet is busy or a dependency is down; retry with the same Idempotency-Key",
+        [retry_after()];
+}
+
+/// `Cache-Control: no-store` and `X-Request-Id`, on every response.
+pub fn add_common_headers(response: &mut Response) {
+    response.headers.insert(
+        "Cache-Control".into(),
+        header(
+            string().enum_values(Some(["no-store"])),
+            "Always `no-store`",
+        ),
+    );
+    response.headers.insert(
+        "X-Request-Id".into(),
+        header(
+            string().pattern(Some("^[!-~]{1,200}$")),
+            "The request's X-Request-Id when it sent a sane one (1-200 visible ASCII \
+             characters), else a generated UUID",
+        ),
+    );
+}
+
+/// What the typed model cannot express, fixed on the rendered document, in every response (of
+/// every operation and in `components.responses`):
+/// - OpenAPI headers are optional unless marked, and utoipa's `Header` has no `required`: every
+///   documented response header is marked required except [`OPTIONAL_HEADERS`];
+/// - utoipa 5.5 serialises a Link's fields in snake case (`operation_id`, `request_body`); the
+///   specification spells them `operationId`, `operationRef`, `requestBody`.
+pub fn finish_document(doc: &mut Value) {
+    fn finish_response(response: &mut Value) {
+        if let Some(headers) = response.get_mut("headers").and_then(Value::as_object_mut) {
+            for (name, header) in headers.iter_mut() {
+                if let Some(header) = header.as_object_mut()
+                    && !OPTIONAL_HEADERS.contains(&name.as_str())
+                {
+                    header.insert("required".into(), Value::Bool(true));
+                }
+            }
+        }
+        if let Some(links) = response.get_mut("links").and_then(Value::as_object_mut) {
+            for link in links.values_mut().filter_map(Value::as_object_mut) {
+                for (snake, camel) in [
+                    ("operation_id", "operationId"),
+                    ("operation_ref", "operationRef"),
+                    ("request_body", "requestBody"),
+                ] {
+                    if let Some(value) = link.remove(snake) {
+                        link.insert(camel.into(), value);
+                    }
+                }
+            }
+        }
+    }
+    fn finish_responses(responses: &mut Value) {
+        if let Some(responses) = responses.as_object_mut() {
+            responses.values_mut().for_each(finish_response);
+        }
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for item in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in item.values_mut() {
+                if let Some(responses) = operation.get_mut("responses") {
+                    finish_responses(responses);
+                }
+            }
+        }
+    }
+    if let Some(responses) = doc.pointer_mut("/components/responses") {
+        finish_responses(responses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_groups_match_the_contract() {
+        let groups = currencies_by_minor_units();
+        assert_eq!(groups.keys().copied().collect::<Vec<_>>(), [0, 2, 3, 4]);
+        for (code, digits) in [
+            ("EUR", 2),
+            ("USD", 2),
+            ("GBP", 2),
+            ("JPY", 0),
+            ("KRW", 0),
+            ("KWD", 3),
+            ("BHD", 3),
+            ("JOD", 3),
+        ] {
+            assert!(groups[&digits].contains(&code), "{code}");
+        }
+        let all: Vec<_> = groups.values().flatten().collect();
+        for code in ["XAU", "XDR", "XXX"] {
+            assert!(!all.contains(&&code), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_document_is_finished() {
+        let mut doc = json!({
+            "paths": {"/a": {"post": {"responses": {"201": {
+                "headers": {"X-Request-Id": {}, "Idempotent-Replayed": {}},
+                "links": {"Next": {"operation_id": "b", "request_body": {"k": 1}}}
+            }}}}},
+            "components": {"responses": {"Busy": {"headers": {"Retry-After": {}}}}}
+        });
+        finish_document(&mut doc);
+        let response = &doc["paths"]["/a"]["post"]["responses"]["201"];
+        assert_eq!(response["headers"]["X-Request-Id"]["required"], true);
+        assert!(
+            response["headers"]["Idempotent-Replayed"]
+                .get("required")
+                .is_none()
+        );
+        assert_eq!(
+            response["links"]["Next"],
+            json!({"operationId": "b", "requestBody": {"k": 1}})
+        );
+        assert_eq!(
+            doc["components"]["responses"]["Busy"]["headers"]["Retry-After"]["required"],
+            true
+        );
+    }
+
+    #[test]
+    fn amount_patterns() {
+        assert_eq!(
+            positive_amount_pattern(0),
+            "^0*(?:[1-9][0-9]{0,14}|1000000000000000)$"
+        );
+        assert_eq!(
+            positive_amount_pattern(2),
+            r"^0*(?:[1-9][0-9]{0,14}(?:\.[0-9]{1,2})?|1000000000000000(?:\.0{1,2})?|0\.(?:[1-9][0-9]{0,1}|0[1-9]))$"
+        );
+        assert_eq!(
+            non_negative_amount_pattern(3),
+            r"^0*(?:[0-9]{1,15}(?:\.[0-9]{1,3})?|1000000000000000(?:\.0{1,3})?)$"
+        );
+    }
+}
