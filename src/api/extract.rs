@@ -26,14 +26,19 @@ impl<T: DeserializeOwned> JsonBody<T> {
     pub async fn read(request: &HttpRequest, payload: web::Payload) -> Result<Self, ApiError> {
         require_json_content_type(request)?;
         let bytes = read_limited(request, payload).await?;
+        Self::parse(&bytes)
+    }
+
+    /// Parses a body already read (and bounded).
+    pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         let invalid =
             |e: serde_json::Error| ApiError::Validation(format!("invalid request body: {e}"));
         // First the whole tree, refusing duplicate keys at any depth (serde's derive only
         // catches them among a struct's own fields; inside `metadata` the last would win).
-        let tree = serde_json::from_slice::<StrictValue>(&bytes)
+        let tree = serde_json::from_slice::<StrictValue>(bytes)
             .map_err(invalid)?
             .0;
-        let value: T = serde_json::from_slice(&bytes).map_err(invalid)?;
+        let value: T = serde_json::from_slice(bytes).map_err(invalid)?;
         let canonical = canonical_json(&tree);
         Ok(Self { value, canonical })
     }

@@ -406,3 +406,74 @@ async fn find_wallet(state: &AppState, caller: &Caller, id: &str) -> Result<Wall
         .map_err(ApiError::from_db)?
         .ok_or(ApiError::WalletNotFound)
 }
+
+/// Fuzzing the request parsers with arbitrary input: they never panic, and whatever they accept
+/// satisfies the contract's rules.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    /// Bodies close to valid ones, so the fuzzer reaches deep into the parsers.
+    fn entry_like_body() -> impl Strategy<Value = String> {
+        let amount = prop_oneof![
+            "[0-9]{0,20}(\\.[0-9]{0,6})?",
+            "-?[0-9]{1,4}",
+            Just("NaN".to_owned()),
+            Just("1e3".to_owned()),
+            "\\PC{0,8}",
+        ];
+        let currency = prop_oneof![
+            "[A-Z]{3}",
+            "[a-zA-Z]{0,4}",
+            Just("EUR".to_owned()),
+            Just("JPY".to_owned()),
+            Just("KWD".to_owned())
+        ];
+        let extra = prop_oneof![
+            Just(String::new()),
+            Just(r#","reference":"r""#.to_owned()),
+            Just(r#","metadata":{"a":[1,{"b":null}]}"#.to_owned()),
+            Just(r#","metadata":{"a":1,"a":2}"#.to_owned()),
+            Just(r#","balance_after":"1""#.to_owned()),
+            Just(r#","amount":"1""#.to_owned()),
+            "\\PC{0,12}",
+        ];
+        (amount, currency, extra, any::<bool>()).prop_map(|(amount, currency, extra, quoted)| {
+            let amount = if quoted {
+                format!("{amount:?}")
+            } else {
+                amount
+            };
+            format!(r#"{{"amount":{amount},"currency":"{currency}"{extra}}}"#)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(body) = JsonBody::<EntryBody>::parse(&bytes) {
+                let _ = body.value.parse();
+            }
+            if let Ok(body) = JsonBody::<CreateWalletBody>::parse(&bytes) {
+                let _ = body.value.parse();
+            }
+        }
+
+        #[test]
+        fn accepted_entries_obey_the_contract(text in entry_like_body()) {
+            let Ok(body) = JsonBody::<EntryBody>::parse(text.as_bytes()) else { return Ok(()) };
+            let Ok(parsed) = body.value.parse() else { return Ok(()) };
+            let money = parsed.money;
+            let currency = money.currency();
+            prop_assert!(money.amount() > Decimal::ZERO);
+            prop_assert!(money.amount() <= crate::domain::money::AMOUNT_MAX);
+            prop_assert!(money.amount().scale() <= currency.minor_units(), "{text}");
+            prop_assert!(!text.contains("balance_after"));
+            prop_assert!(!text.contains(r#""a":1,"a":2"#));
+        }
+    }
+}
