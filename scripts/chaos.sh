@@ -9,6 +9,8 @@
 #   scripts/chaos.sh            (CHAOS_LOG_DIR=dir keeps the walletd and Postgres logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --bin walletd --example chaos
+# Same target set as schemathesis.sh, so the two share one build (examples pull in
+# dev-dependency features, which would otherwise rebuild walletd for each script).
+cargo build --locked --bin walletd --examples
 bin="${CARGO_TARGET_DIR:-target}/debug"
 exec timeout -k 10 300 "$bin/examples/chaos" "$bin/walletd"

@@ -37,7 +37,8 @@ if [ "$("$VENV/bin/st" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VER
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-cargo build --locked --bin walletd
+# Same target set as chaos.sh, so the two share one build.
+cargo build --locked --bin walletd --examples
 walletd="${CARGO_TARGET_DIR:-target}/debug/walletd"
 
 psql "$ADMIN_URL" -v ON_ERROR_STOP=1 -qc "DROP DATABASE IF EXISTS $DB_NAME WITH (FORCE)"
