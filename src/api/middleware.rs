@@ -12,10 +12,12 @@ use actix_web::{Error, web};
 use crate::startup::AppState;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Longest client-supplied request id we echo; longer ones are replaced.
-const REQUEST_ID_LEN_MAX: usize = 200;
+/// Longest client-supplied request id we echo; longer ones are replaced (the id lands in
+/// every log line of the request).
+const REQUEST_ID_LEN_MAX: usize = 1024;
 
-/// The client's `X-Request-Id` if it is sane (visible ASCII, bounded), else a fresh UUID.
+/// The client's `X-Request-Id` if it is printable ASCII (spaces included) and at most
+/// [`REQUEST_ID_LEN_MAX`] bytes, else a fresh UUID.
 fn request_id(request: &ServiceRequest) -> HeaderValue {
     request
         .headers()
@@ -24,7 +26,7 @@ fn request_id(request: &ServiceRequest) -> HeaderValue {
             let bytes = v.as_bytes();
             !bytes.is_empty()
                 && bytes.len() <= REQUEST_ID_LEN_MAX
-                && bytes.iter().all(|b| (0x21..=0x7E).contains(b))
+                && bytes.iter().all(|b| (0x20..=0x7E).contains(b))
         })
         .cloned()
         .unwrap_or_else(|| {

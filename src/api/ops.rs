@@ -65,7 +65,7 @@ fn readiness_status() -> utoipa::openapi::Object {
     one_of_strings(&["ready", "degraded", "unavailable"])
 }
 
-/// Readiness: 200 when Postgres answers and migrations are applied, else 503.
+/// Readiness: 200 when Postgres answers, takes writes and has every migration, else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready (`ready`, or `degraded`: some Redis nodes are down)", body = Readiness),
@@ -108,8 +108,13 @@ async fn postgres_ready(state: &AppState) -> bool {
     let Ok(mut conn) = state.db.get().await else {
         return false;
     };
-    match db::migrations_applied(&mut conn).await {
-        Ok(applied) => applied,
+    let checks = async {
+        Ok::<_, anyhow::Error>(
+            db::migrations_applied(&mut conn).await? && db::accepts_writes(&mut conn).await?,
+        )
+    };
+    match checks.await {
+        Ok(ready) => ready,
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
             false

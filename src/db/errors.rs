@@ -9,8 +9,8 @@ use diesel::result::{DatabaseErrorKind, Error};
 /// How a failed database call should be answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbFailure {
-    /// Connection lost, refused or closed, statement timeout, server shutting down: 503
-    /// `unavailable`; the client retries with the same key.
+    /// Connection lost, refused or closed, statement timeout, server shutting down or
+    /// read-only, out of memory or disk: 503 `unavailable`; the client retries with the same key.
     Unavailable,
     /// A row lock was not granted within `lock_timeout`: 503 `lock_timeout`.
     LockTimeout,
@@ -23,9 +23,11 @@ pub enum DbFailure {
 pub fn classify(error: &Error) -> DbFailure {
     match error {
         Error::DatabaseError(kind, info) => match kind {
-            DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection => {
-                DbFailure::Unavailable
-            }
+            // A read-only server (a failover to a standby) cannot take writes: the service is
+            // unavailable, not broken.
+            DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::ReadOnlyTransaction => DbFailure::Unavailable,
             DatabaseErrorKind::SerializationFailure => DbFailure::Retryable,
             _ => classify_message(info.message()),
         },
@@ -43,6 +45,10 @@ fn classify_message(message: &str) -> DbFailure {
         || message.contains("terminating connection")
         || message.contains("the database system is")
         || message.contains("connection")
+        || message.contains("read-only transaction")
+        || message.contains("out of memory")
+        || message.contains("could not extend file")
+        || message.contains("No space left on device")
     {
         DbFailure::Unavailable
     } else {
@@ -65,6 +71,14 @@ mod tests {
             DbFailure::Unavailable
         );
         assert_eq!(classify_message("deadlock detected"), DbFailure::Retryable);
+        assert_eq!(
+            classify_message("cannot execute INSERT in a read-only transaction"),
+            DbFailure::Unavailable
+        );
+        assert_eq!(
+            classify_message("could not extend file \"base/1/2\": No space left on device"),
+            DbFailure::Unavailable
+        );
         assert_eq!(
             classify_message("new row for relation \"wallets\" violates check constraint"),
             DbFailure::Bug

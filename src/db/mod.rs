@@ -26,6 +26,9 @@ pub type PgConn = AsyncPgConnection;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// Advisory lock id serialising `walletd migrate` / `serve` across replicas ("walletd" in hex).
+const MIGRATION_LOCK_ID: i64 = 0x0077_616c_6c65_7464;
+
 /// Builds the pool. Connections are made lazily, so this succeeds while Postgres is down;
 /// requests then answer 503 until it is back.
 pub fn build_pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
@@ -80,9 +83,14 @@ async fn establish(
 /// Applies pending migrations. Needs tokio's multi-threaded runtime (the harness blocks in
 /// place), so it runs before the HTTP server starts.
 pub async fn run_migrations(url: &str) -> anyhow::Result<()> {
-    let conn = AsyncPgConnection::establish(url)
+    let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
+    // Replicas starting together must not migrate concurrently: they take turns under a
+    // session advisory lock (released when this connection closes, whatever happens).
+    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+        .await
+        .context("waiting for the migration lock")?;
     let mut harness = AsyncMigrationHarness::new(conn);
     let applied = harness
         .run_pending_migrations(MIGRATIONS)
@@ -107,6 +115,23 @@ pub async fn migrations_applied(conn: &mut PgConn) -> anyhow::Result<bool> {
         .load(conn)
         .await?;
     Ok(embedded_versions()?.iter().all(|v| applied.contains(v)))
+}
+
+/// True when the server takes writes (not a standby, not read-only), for `/readyz`.
+pub async fn accepts_writes(conn: &mut PgConn) -> anyhow::Result<bool> {
+    use diesel::sql_types::Bool;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Writable {
+        #[diesel(sql_type = Bool)]
+        writable: bool,
+    }
+    let row: Writable = diesel::sql_query(
+        "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' AS writable",
+    )
+    .get_result(conn)
+    .await?;
+    Ok(row.writable)
 }
 
 fn embedded_versions() -> anyhow::Result<Vec<String>> {

@@ -28,7 +28,7 @@ use rand::Rng;
 use uuid::Uuid;
 
 use crate::config::{LockSettings, RedisUnavailablePolicy, ms};
-use crate::domain::WalletId;
+use crate::domain::{TenantId, WalletId};
 use crate::redis_nodes::{RedisCallError, RedisNodes};
 
 /// Deletes the key only if it still holds our token.
@@ -40,15 +40,24 @@ else
 end
 "#;
 
+/// After a node failed to answer: how often, and how long apart, our token is released again.
+const LATE_RELEASE_ROUNDS: u32 = 2;
+const LATE_RELEASE_DELAY: Duration = Duration::from_millis(250);
+
 /// Clock drift allowance, per Redlock: 1% of the TTL plus 2 ms for the Redis expiry granularity.
 fn drift(ttl: Duration) -> Duration {
     ttl / 100 + Duration::from_millis(2)
 }
 
-/// The lock key for a wallet. Public so that tests and operators can find (and hold) it.
-pub fn wallet_lock_key(wallet: WalletId) -> String {
-    format!("walletd:lock:wallet:{wallet}")
+/// The lock key for a wallet. Scoped by tenant: another tenant naming this wallet id (which
+/// answers 404) contends on its own key, never on the owner's. Public so that tests and
+/// operators can find (and hold) it.
+pub fn wallet_lock_key(tenant: TenantId, wallet: WalletId) -> String {
+    format!("walletd:lock:{tenant}:{wallet}")
 }
+
+/// A wallet as seen by one tenant: what the lock and the local queue are keyed by.
+type LockScope = (TenantId, WalletId);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -72,18 +81,18 @@ pub enum LockMode {
 /// Per-wallet FIFO queues of this process. An entry lives while someone holds or awaits it.
 #[derive(Default)]
 struct LocalQueues {
-    queues: Mutex<HashMap<WalletId, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<LockScope, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl LocalQueues {
-    fn queue(&self, wallet: WalletId) -> Arc<tokio::sync::Mutex<()>> {
+    fn queue(&self, wallet: LockScope) -> Arc<tokio::sync::Mutex<()>> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         Arc::clone(queues.entry(wallet).or_default())
     }
 
     /// Drops the wallet's queue once nobody holds or awaits it (the map's own reference is
     /// the only one left), so the map stays as small as the set of busy wallets.
-    fn forget_if_idle(&self, wallet: WalletId) {
+    fn forget_if_idle(&self, wallet: LockScope) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if queues
             .get(&wallet)
@@ -97,7 +106,7 @@ impl LocalQueues {
 /// This request's turn in its wallet's local queue; leaving it lets the next one in.
 struct LocalTurn {
     queues: Arc<LocalQueues>,
-    wallet: WalletId,
+    wallet: LockScope,
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -139,16 +148,21 @@ impl WalletLocks {
     }
 
     /// Acquires the wallet's lock, waiting at most `lock.wait_ms_max` in all.
-    pub async fn acquire(&self, wallet: WalletId) -> Result<WalletLockGuard, LockError> {
+    pub async fn acquire(
+        &self,
+        tenant: TenantId,
+        wallet: WalletId,
+    ) -> Result<WalletLockGuard, LockError> {
+        let scope = (tenant, wallet);
         let started = Instant::now();
         let deadline = started + self.wait_max;
         // Built before waiting, so that giving up also tidies the queue map (via Drop).
         let mut local = LocalTurn {
             queues: Arc::clone(&self.local),
-            wallet,
+            wallet: scope,
             turn: None,
         };
-        let waiting = self.local.queue(wallet).lock_owned();
+        let waiting = self.local.queue(scope).lock_owned();
         let Ok(turn) = tokio::time::timeout(self.wait_max, waiting).await else {
             return Err(LockError::Timeout {
                 waited_ms: started.elapsed().as_millis(),
@@ -156,17 +170,17 @@ impl WalletLocks {
             });
         };
         local.turn = Some(turn);
-        self.acquire_redlock(wallet, local, started, deadline).await
+        self.acquire_redlock(scope, local, started, deadline).await
     }
 
     async fn acquire_redlock(
         &self,
-        wallet: WalletId,
+        (tenant, wallet): LockScope,
         local: LocalTurn,
         started: Instant,
         deadline: Instant,
     ) -> Result<WalletLockGuard, LockError> {
-        let key = wallet_lock_key(wallet);
+        let key = wallet_lock_key(tenant, wallet);
         let token = Uuid::new_v4().simple().to_string();
         let node_count = self.nodes.all().len();
         let mut attempts: u32 = 0;
@@ -207,6 +221,10 @@ impl WalletLocks {
             if granted > 0 {
                 self.release_everywhere(&key, &token).await;
             }
+            if !failed.is_empty() {
+                // A node that timed out may still apply our SET later; clean up after it.
+                self.release_late(&key, &token);
+            }
             if failed.len() > node_count - self.quorum() {
                 for error in &failed {
                     tracing::warn!(%error, "Redis lock node unavailable");
@@ -239,6 +257,22 @@ impl WalletLocks {
             return min;
         }
         rand::rng().random_range(min..=max)
+    }
+
+    /// Releases our token again a little later, in the background: a node that did not answer
+    /// in time may have queued the `SET` and apply it after we gave up on it, which would
+    /// otherwise leave the wallet locked by nobody for a whole TTL.
+    fn release_late(&self, key: &str, token: &str) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (locks, key, token) = (self.clone(), key.to_owned(), token.to_owned());
+        runtime.spawn(async move {
+            for _ in 0..LATE_RELEASE_ROUNDS {
+                tokio::time::sleep(LATE_RELEASE_DELAY).await;
+                locks.release_everywhere(&key, &token).await;
+            }
+        });
     }
 
     /// Compare-and-delete on every node; failures are logged, the TTL cleans up after them.
@@ -336,7 +370,7 @@ mod tests {
 
     fn turn(
         queues: &Arc<LocalQueues>,
-        wallet: WalletId,
+        wallet: LockScope,
         guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> LocalTurn {
         LocalTurn {
@@ -349,7 +383,11 @@ mod tests {
     #[tokio::test]
     async fn local_queues_serialise_one_wallet_and_forget_idle_ones() {
         let queues = Arc::new(LocalQueues::default());
-        let (a, b) = (WalletId::generate(), WalletId::generate());
+        let tenant = TenantId::generate();
+        let (a, b) = (
+            (tenant, WalletId::generate()),
+            (tenant, WalletId::generate()),
+        );
         let first = turn(&queues, a, queues.queue(a).lock_owned().await);
         // Another wallet is independent; the same wallet waits.
         let other = turn(&queues, b, queues.queue(b).lock_owned().await);

@@ -50,7 +50,7 @@ pub async fn execute_entry(
 
     // 2. The wallet's distributed lock, with a bounded wait.
     let wait_started = Instant::now();
-    let guard = match state.locks.acquire(command.wallet).await {
+    let guard = match state.locks.acquire(request.tenant, command.wallet).await {
         Ok(guard) => guard,
         Err(error) => {
             state

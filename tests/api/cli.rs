@@ -362,3 +362,21 @@ async fn an_unknown_scope_fails_with_a_non_zero_exit() {
     assert!(!output.status.success(), "{}", describe(&output));
     assert!(output.stdout.is_empty(), "{}", describe(&output));
 }
+
+/// Replicas starting together may all migrate: they take turns (an advisory lock), and every
+/// one of them succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_take_turns() {
+    // The database exists first, so the race is over the migrations themselves.
+    let fresh = format!("{}/walletd_t_{}", server_url(), Uuid::new_v4().simple());
+    walletd::db::create_database_if_missing(&fresh)
+        .await
+        .unwrap();
+    let outputs =
+        futures_util::future::join_all((0..3).map(|_| walletd(&fresh, &["migrate"]))).await;
+    for output in &outputs {
+        assert!(output.status.success(), "{}", describe(output));
+    }
+    let mut conn = AsyncPgConnection::establish(&fresh).await.unwrap();
+    assert_eq!(core_tables(&mut conn).await, 5);
+}

@@ -8,7 +8,7 @@ use reqwest::header::HeaderValue;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
-use walletd::domain::{Scope, WalletId};
+use walletd::domain::{Scope, TenantId, WalletId};
 use walletd::pipeline::lock::wallet_lock_key;
 
 use crate::helpers::{TestApp, assert_problem, base_settings, new_key};
@@ -862,7 +862,10 @@ async fn a_twin_in_flight_gets_409_and_a_held_lock_answers_503_which_is_not_stor
     // Someone else holds the wallet's lock.
     let redis = redis::Client::open(base_settings().redis.urls[0].as_str()).unwrap();
     let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
-    let lock_key = wallet_lock_key(WalletId::parse(&wallet).unwrap());
+    let lock_key = wallet_lock_key(
+        TenantId::parse(&app.tenant_id).unwrap(),
+        WalletId::parse(&wallet).unwrap(),
+    );
     let set: Option<String> = redis::cmd("SET")
         .arg(&lock_key)
         .arg(format!("test-holder-{}", Uuid::new_v4()))

@@ -9,7 +9,7 @@ use diesel_async::SimpleAsyncConnection;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use walletd::domain::WalletId;
+use walletd::domain::{TenantId, WalletId};
 use walletd::pipeline::lock::wallet_lock_key;
 
 use crate::helpers::{TestApp, assert_problem, free_port, new_key};
@@ -263,7 +263,10 @@ async fn a_client_that_disconnects_mid_request_leaves_no_stuck_key() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    let lock_key = wallet_lock_key(WalletId::parse(&wallet).unwrap());
+    let lock_key = wallet_lock_key(
+        TenantId::parse(&app.tenant_id).unwrap(),
+        WalletId::parse(&wallet).unwrap(),
+    );
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")
         .unwrap()
         .get_multiplexed_async_connection()
@@ -332,7 +335,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (mut server, base) = serve_binary(&app, "warn", false).await;
 
     // A request that will be in flight when SIGTERM arrives: it waits for a lock we hold.
-    let lock_key = wallet_lock_key(WalletId::parse(&wallet).unwrap());
+    let lock_key = wallet_lock_key(
+        TenantId::parse(&app.tenant_id).unwrap(),
+        WalletId::parse(&wallet).unwrap(),
+    );
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")
         .unwrap()
         .get_multiplexed_async_connection()

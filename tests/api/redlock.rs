@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use walletd::config::RedisUnavailablePolicy;
-use walletd::domain::WalletId;
+use walletd::domain::{TenantId, WalletId};
 use walletd::pipeline::lock::wallet_lock_key;
 
 use crate::helpers::{TestApp, assert_problem, free_port, new_key};
@@ -174,8 +174,11 @@ async fn spawn_on(
     .await
 }
 
-fn lock_key(wallet: &str) -> String {
-    wallet_lock_key(WalletId::parse(wallet).unwrap())
+fn lock_key(app: &TestApp, wallet: &str) -> String {
+    wallet_lock_key(
+        TenantId::parse(&app.tenant_id).unwrap(),
+        WalletId::parse(wallet).unwrap(),
+    )
 }
 
 /// `walletd_lock_wait_seconds_count{outcome="…"}` from /metrics (0 when absent).
@@ -257,7 +260,7 @@ async fn all_nodes_up_concurrent_debits_go_through_the_redlock() {
 
     assert!(lock_outcomes(&app, "acquired").await >= 32);
     assert_eq!(lock_outcomes(&app, "database_only").await, 0);
-    let key = lock_key(&wallet);
+    let key = lock_key(&app, &wallet);
     for node in &nodes {
         assert_eq!(node.get(&key).await, None, "lock left on {}", node.label());
     }
@@ -277,7 +280,7 @@ async fn a_lock_held_on_a_quorum_blocks_debits_and_a_minority_does_not() {
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
     let before = app.wallet(&wallet).await;
-    let key = lock_key(&wallet);
+    let key = lock_key(&app, &wallet);
     nodes[0].hold(&key, "someone-else").await;
     nodes[1].hold(&key, "someone-else").await;
 
@@ -334,7 +337,7 @@ async fn one_node_down_debits_still_succeed_under_the_remaining_quorum() {
 
     // With one node dead, a foreign holder on one live node leaves no quorum: 503.
     app.fund(&wallet, "10.00").await;
-    let key = lock_key(&wallet);
+    let key = lock_key(&app, &wallet);
     nodes[0].hold(&key, "someone-else").await;
     assert_problem(
         app.debit(&wallet, &new_key(), "10.00").await,
