@@ -35,9 +35,8 @@ impl<T: DeserializeOwned> JsonBody<T> {
             |e: serde_json::Error| ApiError::Validation(format!("invalid request body: {e}"));
         // First the whole tree, refusing duplicate keys at any depth (serde's derive only
         // catches them among a struct's own fields; inside `metadata` the last would win).
-        let tree = serde_json::from_slice::<StrictValue>(bytes)
-            .map_err(invalid)?
-            .0;
+        serde_json::from_slice::<NoDuplicateKeys>(bytes).map_err(invalid)?;
+        let tree: Value = serde_json::from_slice(bytes).map_err(invalid)?;
         let value: T = serde_json::from_slice(bytes).map_err(invalid)?;
         let canonical = canonical_json(&tree);
         Ok(Self { value, canonical })
@@ -86,70 +85,65 @@ async fn read_limited(
     Ok(body)
 }
 
-/// A JSON value whose objects never repeat a key.
-struct StrictValue(Value);
+/// Proof that a JSON document never repeats a key in any object. Values are walked, not kept:
+/// the tree itself is parsed by serde_json (with `arbitrary_precision`, so numbers keep their
+/// exact text and two different bodies never share a fingerprint).
+struct NoDuplicateKeys;
 
-impl<'de> Deserialize<'de> for StrictValue {
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(StrictVisitor)
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
     }
 }
 
-struct StrictVisitor;
+struct NoDuplicateKeysVisitor;
 
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = StrictValue;
+impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::Bool(v)))
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::from(v)))
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::from(v)))
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::from(v)))
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::String(v.to_owned())))
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_string<E>(self, v: String) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::String(v)))
+    fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_unit<E>(self) -> Result<StrictValue, E> {
-        Ok(StrictValue(Value::Null))
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicateKeys, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StrictValue, A::Error> {
-        let mut items = Vec::new();
-        while let Some(StrictValue(item)) = seq.next_element()? {
-            items.push(item);
-        }
-        Ok(StrictValue(Value::Array(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrictValue, A::Error> {
-        let mut members = serde_json::Map::new();
+    // (An `arbitrary_precision` number arrives as a one-member map; it passes as one.)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if members.contains_key(&key) {
+            map.next_value::<NoDuplicateKeys>()?;
+            if !seen.insert(key.clone()) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
-            let StrictValue(value) = map.next_value()?;
-            members.insert(key, value);
         }
-        Ok(StrictValue(Value::Object(members)))
+        Ok(NoDuplicateKeys)
     }
 }
 
@@ -217,14 +211,25 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
-        let parse =
-            |text: &str| serde_json::from_slice::<StrictValue>(text.as_bytes()).map(|v| v.0);
-        assert!(parse(r#"{"a":1,"a":2}"#).is_err());
-        assert!(parse(r#"{"m":{"k":1,"k":2}}"#).is_err());
-        assert!(parse(r#"[{"k":1},{"k":[{"x":1,"x":1}]}]"#).is_err());
+        let check = |text: &str| serde_json::from_slice::<NoDuplicateKeys>(text.as_bytes()).is_ok();
+        assert!(!check(r#"{"a":1,"a":2}"#));
+        assert!(!check(r#"{"m":{"k":1,"k":2}}"#));
+        assert!(!check(r#"[{"k":1},{"k":[{"x":1,"x":1}]}]"#));
+        assert!(check(
+            r#"{"a":{"b":[1,2.5,"x",null,true,123456789012345678901234567890]}}"#
+        ));
+    }
+
+    #[test]
+    fn numbers_keep_their_exact_text() {
+        let canonical = |text: &str| canonical_json(&serde_json::from_str(text).unwrap());
+        assert_ne!(
+            canonical(r#"{"n":123456789012345678901}"#),
+            canonical(r#"{"n":123456789012345678902}"#)
+        );
         assert_eq!(
-            parse(r#"{"a":{"b":[1,2.5,"x",null,true]}}"#).unwrap(),
-            json!({"a":{"b":[1,2.5,"x",null,true]}})
+            canonical(r#"{"n": 123456789012345678901, "f": 0.10000000000000000001}"#),
+            br#"{"f":0.10000000000000000001,"n":123456789012345678901}"#.to_vec()
         );
     }
 

@@ -211,3 +211,38 @@ async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
     assert_eq!(app.wallet(&wallet).await["balance"], "90.00");
     app.assert_invariants(&wallet).await;
 }
+
+/// Numbers keep their exact text: two requests that differ only past f64 precision are two
+/// requests (the second is a reused key), and the metadata comes back exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_beyond_float_precision_are_distinct_requests() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    let url = app.url(&format!("/v1/wallets/{wallet}/credit"));
+    let send = |n: &'static str| {
+        app.client
+            .post(url.clone())
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", "big-number")
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"amount":"1.00","currency":"EUR","metadata":{{"n":{n}}}}}"#
+            ))
+            .send()
+    };
+    let first = send("123456789012345678901").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let text = first.text().await.unwrap();
+    assert!(
+        text.contains(r#""metadata":{"n":123456789012345678901}"#),
+        "{text}"
+    );
+    assert_problem(
+        send("123456789012345678902").await.unwrap(),
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
+    let replay = send("123456789012345678901").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+}
