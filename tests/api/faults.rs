@@ -9,8 +9,6 @@ use diesel_async::SimpleAsyncConnection;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use walletd::domain::{TenantId, WalletId};
-use walletd::pipeline::lock::wallet_lock_key;
 
 use crate::helpers::{TestApp, assert_problem, free_port, new_key};
 
@@ -263,23 +261,7 @@ async fn a_client_that_disconnects_mid_request_leaves_no_stuck_key() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    let lock_key = wallet_lock_key(
-        TenantId::parse(&app.tenant_id).unwrap(),
-        WalletId::parse(&wallet).unwrap(),
-    );
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&lock_key)
-        .arg("someone-else")
-        .arg("PX")
-        .arg(5000)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let lock = app.hold_wallet_lock(&wallet, 5000).await;
 
     let body = r#"{"amount":"25.00","currency":"EUR"}"#;
     let request = format!(
@@ -293,11 +275,7 @@ async fn a_client_that_disconnects_mid_request_leaves_no_stuck_key() {
     socket.write_all(request.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(socket); // hang up while the request waits for the lock
-    let _: () = redis::cmd("DEL")
-        .arg(&lock_key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    lock.release().await;
 
     // The detached pipeline finishes by itself; a retry is answered from the store.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -335,23 +313,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let (mut server, base) = serve_binary(&app, "warn", false).await;
 
     // A request that will be in flight when SIGTERM arrives: it waits for a lock we hold.
-    let lock_key = wallet_lock_key(
-        TenantId::parse(&app.tenant_id).unwrap(),
-        WalletId::parse(&wallet).unwrap(),
-    );
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&lock_key)
-        .arg("someone-else")
-        .arg("PX")
-        .arg(600)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    // Held by "someone else" for 600 ms; it simply expires.
+    let _held = app.hold_wallet_lock(&wallet, 600).await;
     let in_flight = {
         let client = app.client.clone();
         let (url, key) = (

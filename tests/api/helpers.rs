@@ -241,6 +241,29 @@ impl TestApp {
         self.get_as(&self.api_key, path).await
     }
 
+    /// Holds a wallet's Redis lock as another request would, for at most `ttl_ms`; the lock is
+    /// released when the returned guard's `release` is awaited (or the TTL lapses).
+    pub async fn hold_wallet_lock(&self, wallet: &str, ttl_ms: u64) -> HeldLock {
+        let key = walletd::pipeline::lock::wallet_lock_key(
+            walletd::domain::TenantId::parse(&self.tenant_id).unwrap(),
+            walletd::domain::WalletId::parse(wallet).unwrap(),
+        );
+        let mut redis = redis::Client::open(base_settings().redis.urls[0].as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("someone-else")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        HeldLock { key, redis }
+    }
+
     pub async fn create_wallet(&self, currency: &str) -> String {
         self.create_wallet_with(json!({ "currency": currency }))
             .await
@@ -340,6 +363,22 @@ impl TestApp {
         assert_eq!(dec(&state["balance"]), sum, "balance is not the ledger sum");
         assert!(dec(&state["available"]) >= Decimal::ZERO);
         entries
+    }
+}
+
+/// A wallet lock held by a test (see [`TestApp::hold_wallet_lock`]).
+pub struct HeldLock {
+    pub key: String,
+    redis: redis::aio::MultiplexedConnection,
+}
+
+impl HeldLock {
+    pub async fn release(mut self) {
+        let _: () = redis::cmd("DEL")
+            .arg(&self.key)
+            .query_async(&mut self.redis)
+            .await
+            .unwrap();
     }
 }
 

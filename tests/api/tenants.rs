@@ -239,27 +239,10 @@ async fn idempotency_keys_are_scoped_to_the_tenant() {
 /// the same wallet id is answered 404 at once instead of queueing behind the owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenant_never_contends_on_the_owners_wallet_lock() {
-    use walletd::domain::{TenantId, WalletId};
     let app = TestApp::spawn_with(|s| s.lock.wait_ms_max = 3000).await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    let owner_lock = walletd::pipeline::lock::wallet_lock_key(
-        TenantId::parse(&app.tenant_id).unwrap(),
-        WalletId::parse(&wallet).unwrap(),
-    );
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg(&owner_lock)
-        .arg("owner-busy")
-        .arg("PX")
-        .arg(5000)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let lock = app.hold_wallet_lock(&wallet, 5000).await;
 
     let (_, other_key) = app.new_tenant(&walletd::domain::Scope::ALL).await;
     let started = std::time::Instant::now();
@@ -277,9 +260,5 @@ async fn another_tenant_never_contends_on_the_owners_wallet_lock() {
         "waited {:?}",
         started.elapsed()
     );
-    let _: () = redis::cmd("DEL")
-        .arg(&owner_lock)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    lock.release().await;
 }
