@@ -52,26 +52,18 @@ pub async fn admit(state: &AppState, key: KeyId) -> Result<(), ApiError> {
         .redis
         .primary()
         .call(async |c| {
-            let mut pipe = redis::pipe();
-            pipe.exists(&marker);
-            if limit > 0 {
-                pipe.incr(&counter, 1).expire(&counter, 2).ignore();
-            } else {
-                pipe.cmd("PING").ignore();
-            }
-            let (revoked, count): (bool, Option<u64>) = if limit > 0 {
-                let (revoked, count): (bool, u64) = pipe.query_async(c).await?;
-                (revoked, Some(count))
-            } else {
-                let (revoked,): (bool,) = pipe.query_async(c).await?;
-                (revoked, None)
-            };
-            Ok((revoked, count))
+            redis::pipe()
+                .exists(&marker)
+                .incr(&counter, 1)
+                .expire(&counter, 2)
+                .ignore()
+                .query_async::<(bool, u64)>(c)
+                .await
         })
         .await;
     match answer {
         Ok((true, _)) => Err(ApiError::Unauthorized),
-        Ok((false, Some(count))) if count > u64::from(limit) => {
+        Ok((false, count)) if limit > 0 && count > u64::from(limit) => {
             Err(ApiError::RateLimited { retry_after_s: 1 })
         }
         Ok(_) => Ok(()),

@@ -4,7 +4,7 @@ use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, new_key};
+use crate::helpers::{TestApp, count_answers, new_key};
 
 /// Settings for tests whose point is contention on one wallet: a generous lock wait, so that a
 /// loaded CI machine queues requests instead of shedding them with 503 `lock_timeout`.
@@ -20,26 +20,14 @@ async fn the_double_charge_is_impossible() {
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "1000.00").await;
 
-    let responses = join_all((0..64).map(|_| {
-        let (app, wallet) = (&app, &wallet);
-        async move {
-            let response = app.debit(wallet, &new_key(), "800.00").await;
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
-        }
-    }))
-    .await;
+    let responses = app.concurrent_debits(&wallet, 64, "800.00").await;
 
-    let created = responses
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::CREATED)
-        .count();
-    let declined = responses
-        .iter()
-        .filter(|(s, body)| {
-            *s == StatusCode::UNPROCESSABLE_ENTITY && body["code"] == "insufficient_funds"
-        })
-        .count();
+    let created = count_answers(&responses, StatusCode::CREATED, None);
+    let declined = count_answers(
+        &responses,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("insufficient_funds"),
+    );
     assert_eq!(created, 1, "{responses:?}");
     assert_eq!(declined, 63, "{responses:?}");
     assert_eq!(app.wallet(&wallet).await["balance"], "200.00");

@@ -303,6 +303,21 @@ impl TestApp {
         .await
     }
 
+    /// `count` debits of `amount` (EUR) sent at once, each with its own key: (status, body).
+    pub async fn concurrent_debits(
+        &self,
+        wallet: &str,
+        count: usize,
+        amount: &str,
+    ) -> Vec<(StatusCode, Value)> {
+        futures_util::future::join_all((0..count).map(|_| async move {
+            let response = self.debit(wallet, &new_key(), amount).await;
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }))
+        .await
+    }
+
     pub async fn wallet(&self, wallet: &str) -> Value {
         let response = self.get(&format!("/v1/wallets/{wallet}")).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -380,6 +395,18 @@ impl HeldLock {
             .await
             .unwrap();
     }
+}
+
+/// How many answers have this status (and, if given, this problem `code`).
+pub fn count_answers(
+    answers: &[(StatusCode, Value)],
+    status: StatusCode,
+    code: Option<&str>,
+) -> usize {
+    answers
+        .iter()
+        .filter(|(s, body)| *s == status && code.is_none_or(|c| body["code"] == c))
+        .count()
 }
 
 pub fn dec(value: &Value) -> Decimal {

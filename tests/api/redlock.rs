@@ -13,7 +13,7 @@ use walletd::config::RedisUnavailablePolicy;
 use walletd::domain::{TenantId, WalletId};
 use walletd::pipeline::lock::wallet_lock_key;
 
-use crate::helpers::{TestApp, assert_problem, free_port, new_key};
+use crate::helpers::{TestApp, assert_problem, count_answers, free_port, new_key};
 
 /// How long a node may take to answer its first PING.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -382,25 +382,13 @@ async fn all_nodes_down_database_only_still_charges_exactly_once() {
         node.kill().await;
     }
 
-    let responses = join_all((0..32).map(|_| {
-        let (app, wallet) = (&app, &wallet);
-        async move {
-            let response = app.debit(wallet, &new_key(), "800.00").await;
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
-        }
-    }))
-    .await;
-    let created = responses
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::CREATED)
-        .count();
-    let declined = responses
-        .iter()
-        .filter(|(s, body)| {
-            *s == StatusCode::UNPROCESSABLE_ENTITY && body["code"] == "insufficient_funds"
-        })
-        .count();
+    let responses = app.concurrent_debits(&wallet, 32, "800.00").await;
+    let created = count_answers(&responses, StatusCode::CREATED, None);
+    let declined = count_answers(
+        &responses,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some("insufficient_funds"),
+    );
     assert_eq!(created, 1, "{responses:?}");
     assert_eq!(declined, 31, "{responses:?}");
     assert_eq!(app.wallet(&wallet).await["balance"], "200.00");
