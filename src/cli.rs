@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 
 use crate::auth::admission;
-use crate::auth::keys::{self, IssuedKey};
+use crate::auth::keys::{self, IssuedKey, Revoked};
 use crate::config::Settings;
 use crate::db;
 use crate::domain::{KeyId, Scope, TenantId};
@@ -79,6 +79,7 @@ enum KeyCommand {
         scopes: Option<String>,
     },
     /// Revoke a key: it answers 401 from then on (within auth.cache_ttl_ms on every replica).
+    /// Revoking a revoked key publishes the revocation again and succeeds.
     Revoke { key_id: String },
 }
 
@@ -126,10 +127,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         } => {
             let key = KeyId::parse(&key_id).context("not a key id")?;
             let mut conn = connect(&settings).await?;
-            anyhow::ensure!(
-                keys::revoke_key(&mut conn, key).await?,
-                "no active key {key}"
-            );
+            match keys::revoke_key(&mut conn, key).await? {
+                Revoked::Now => {}
+                // A second revoke still publishes: the first one's publish may have failed.
+                Revoked::Already => {
+                    tracing::info!(%key, "key was already revoked; publishing again")
+                }
+                Revoked::NoSuchKey => anyhow::bail!("no key {key}"),
+            }
             let published = match RedisNodes::connect(&settings.redis) {
                 Ok(nodes) => admission::publish_revocation(&nodes, key)
                     .await

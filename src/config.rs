@@ -20,6 +20,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub lock: LockSettings,
+    pub pipeline: PipelineSettings,
     pub idempotency: IdempotencySettings,
     pub rate_limit: RateLimitSettings,
     pub auth: AuthSettings,
@@ -31,6 +32,7 @@ pub struct ServerSettings {
     pub bind: String,
     pub workers: usize,
     pub shutdown_timeout_s: u64,
+    pub body_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,6 +88,15 @@ pub struct LockSettings {
     pub retry_delay_ms_min: u64,
     pub retry_delay_ms_max: u64,
     pub redis_unavailable: RedisUnavailablePolicy,
+    pub local_handoffs_max: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    pub deadline_ms: u64,
+    pub concurrent_max: usize,
+    pub wallet_queue_depth_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +104,10 @@ pub struct LockSettings {
 pub struct IdempotencySettings {
     pub lease_ms: u64,
     pub replay_cache_ttl_s: u64,
+    pub retention_hours: u64,
+    pub purge_interval_s: u64,
+    pub purge_batch_size: u32,
+    pub purge_batches_per_run_max: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +120,9 @@ pub struct RateLimitSettings {
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub cache_ttl_ms: u64,
+    pub negative_cache_ttl_ms: u64,
+    pub lookups_concurrent_max: usize,
+    pub lookup_wait_ms_max: u64,
 }
 
 impl Settings {
@@ -148,22 +166,69 @@ impl Settings {
 
     /// Rejects settings that would make a bound meaningless, at start rather than mid-request.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
+        use anyhow::ensure;
+        ensure!(
             !self.redis.urls.is_empty(),
             "redis.urls must name at least one node"
         );
-        anyhow::ensure!(
+        ensure!(
             self.database.pool_max_size >= 1,
             "database.pool_max_size must be >= 1"
         );
-        anyhow::ensure!(self.lock.ttl_ms >= 10, "lock.ttl_ms must be >= 10");
-        anyhow::ensure!(
+        ensure!(self.lock.ttl_ms >= 10, "lock.ttl_ms must be >= 10");
+        ensure!(
             self.lock.retry_delay_ms_min <= self.lock.retry_delay_ms_max,
             "lock.retry_delay_ms_min must be <= lock.retry_delay_ms_max"
         );
-        anyhow::ensure!(
-            self.idempotency.lease_ms > self.lock.wait_ms_max + self.database.statement_timeout_ms,
-            "idempotency.lease_ms must exceed lock.wait_ms_max + database.statement_timeout_ms"
+        ensure!(
+            self.lock.local_handoffs_max >= 1,
+            "lock.local_handoffs_max must be >= 1"
+        );
+        // The request deadline bounds everything a pipeline waits for; it must end before the
+        // in-flight lease does, or a twin could take over a key whose first request is still
+        // working (and that request would answer 409 after doing all its work).
+        ensure!(
+            self.pipeline.deadline_ms >= 100,
+            "pipeline.deadline_ms must be >= 100"
+        );
+        ensure!(
+            self.pipeline.deadline_ms < self.idempotency.lease_ms,
+            "pipeline.deadline_ms ({}) must be less than idempotency.lease_ms ({})",
+            self.pipeline.deadline_ms,
+            self.idempotency.lease_ms
+        );
+        ensure!(
+            self.lock.wait_ms_max < self.pipeline.deadline_ms,
+            "lock.wait_ms_max ({}) must be less than pipeline.deadline_ms ({})",
+            self.lock.wait_ms_max,
+            self.pipeline.deadline_ms
+        );
+        ensure!(
+            self.pipeline.concurrent_max >= 1 && self.pipeline.wallet_queue_depth_max >= 1,
+            "pipeline.concurrent_max and pipeline.wallet_queue_depth_max must be >= 1"
+        );
+        ensure!(
+            self.server.body_read_timeout_ms >= 1,
+            "server.body_read_timeout_ms must be >= 1"
+        );
+        // API.md: stored answers are kept at least 24 hours.
+        ensure!(
+            self.idempotency.retention_hours >= 24,
+            "idempotency.retention_hours must be >= 24"
+        );
+        ensure!(
+            self.idempotency.replay_cache_ttl_s <= self.idempotency.retention_hours * 3600,
+            "idempotency.replay_cache_ttl_s must not exceed idempotency.retention_hours"
+        );
+        ensure!(
+            self.idempotency.purge_interval_s >= 1
+                && self.idempotency.purge_batch_size >= 1
+                && self.idempotency.purge_batches_per_run_max >= 1,
+            "idempotency.purge_interval_s, purge_batch_size and purge_batches_per_run_max must be >= 1"
+        );
+        ensure!(
+            self.auth.lookups_concurrent_max >= 1,
+            "auth.lookups_concurrent_max must be >= 1"
         );
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod db;
 pub mod domain;
 pub mod metrics;
 pub mod pipeline;
+pub mod readiness;
 pub mod redis_nodes;
 pub mod startup;
 pub mod telemetry;

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::pipeline::idempotency::StoredResponse;
@@ -16,6 +17,21 @@ pub struct Metrics {
     replays: IntCounterVec,
     lock_wait: HistogramVec,
     pool: IntGaugeVec,
+    unknown_keys: IntCounterVec,
+    unknown_key_entries: IntGauge,
+    shed: IntCounterVec,
+    purged: IntCounter,
+}
+
+/// HTTP methods that get their own label value; any other method a client invents is `OTHER`,
+/// so clients cannot add series.
+const METHOD_LABELS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+fn method_label(method: &str) -> &'static str {
+    METHOD_LABELS
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("OTHER")
 }
 
 impl Metrics {
@@ -66,7 +82,33 @@ impl Metrics {
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(replays.clone()))?;
         registry.register(Box::new(lock_wait.clone()))?;
+        let unknown_keys = IntCounterVec::new(
+            Opts::new(
+                "auth_unknown_key_cache_total",
+                "Cache of key ids that do not exist: hit (refused without Postgres), insert, clear (map full)",
+            ),
+            &["event"],
+        )?;
+        let unknown_key_entries = IntGauge::new(
+            "auth_unknown_key_cache_entries",
+            "Key ids remembered as unknown",
+        )?;
+        let shed = IntCounterVec::new(
+            Opts::new(
+                "pipeline_shed_total",
+                "Mutating requests refused before anything was written, by reason",
+            ),
+            &["reason"],
+        )?;
+        let purged = IntCounter::new(
+            "idempotency_answers_purged_total",
+            "Stored answers dropped after idempotency.retention_hours (their keys are kept)",
+        )?;
         registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(unknown_keys.clone()))?;
+        registry.register(Box::new(unknown_key_entries.clone()))?;
+        registry.register(Box::new(shed.clone()))?;
+        registry.register(Box::new(purged.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -75,10 +117,16 @@ impl Metrics {
             replays,
             lock_wait,
             pool,
+            unknown_keys,
+            unknown_key_entries,
+            shed,
+            purged,
         })
     }
 
+    /// `route` must be a route pattern (or a fixed placeholder), never a raw path.
     pub fn record_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let method = method_label(method);
         self.http_requests
             .with_label_values(&[method, route, &status.to_string()])
             .inc();
@@ -103,8 +151,28 @@ impl Metrics {
             .observe(waited.as_secs_f64());
     }
 
-    /// Renders every metric; pool gauges are sampled now.
-    pub fn render(&self, pool: deadpool::Status) -> anyhow::Result<String> {
+    /// `event`: `hit`, `insert` or `clear`.
+    pub fn record_unknown_key(&self, event: &'static str) {
+        self.unknown_keys.with_label_values(&[event]).inc();
+    }
+
+    /// `reason`: `wallet_queue_full` or `pipelines_busy`.
+    pub fn record_shed(&self, reason: &'static str) {
+        self.shed.with_label_values(&[reason]).inc();
+    }
+
+    pub fn record_purged(&self, answers: u64) {
+        self.purged.inc_by(answers);
+    }
+
+    /// Renders every metric; pool gauges and the unknown-key count are sampled now.
+    pub fn render(
+        &self,
+        pool: deadpool::Status,
+        unknown_key_entries: usize,
+    ) -> anyhow::Result<String> {
+        self.unknown_key_entries
+            .set(i64::try_from(unknown_key_entries).unwrap_or(i64::MAX));
         let gauge = |state: &str, value: usize| {
             self.pool
                 .with_label_values(&[state])
@@ -117,5 +185,33 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8(buffer)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("XLROAWQXLYZ"), "OTHER");
+        assert_eq!(method_label("get"), "OTHER");
+        let metrics = Metrics::new().unwrap();
+        for i in 0..100 {
+            metrics.record_http(&format!("M{i}"), "/v1/wallets", 405, Duration::ZERO);
+        }
+        let pool = deadpool::Status {
+            max_size: 1,
+            size: 0,
+            available: 0,
+            waiting: 0,
+        };
+        let text = metrics.render(pool, 0).unwrap();
+        assert_eq!(
+            text.matches("method=\"OTHER\"").count(),
+            1 + 12 + 3,
+            "{text}"
+        );
     }
 }

@@ -8,14 +8,17 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
+use tokio::sync::Semaphore;
 
 use crate::api;
-use crate::auth::KeyCache;
+use crate::auth::key_cache::KeyCache;
 use crate::config::{Settings, ms};
 use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
 use crate::pipeline::lock::WalletLocks;
 use crate::pipeline::replay_cache::ReplayCache;
+use crate::pipeline::retention::{self, RetentionPolicy};
+use crate::readiness::ReadinessProbe;
 use crate::redis_nodes::RedisNodes;
 
 /// Everything a request needs; cheap to clone (all shared).
@@ -29,6 +32,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub idempotency_lease: Duration,
+    /// One permit per running pipeline (`pipeline.concurrent_max`).
+    pub pipelines: Arc<Semaphore>,
+    pub readiness: Arc<ReadinessProbe>,
 }
 
 impl AppState {
@@ -37,16 +43,27 @@ impl AppState {
         let redis = RedisNodes::connect(&settings.redis)?;
         Ok(Self {
             db: db::build_pool(&settings.database)?,
-            locks: WalletLocks::new(redis.clone(), &settings.lock),
+            locks: WalletLocks::new(
+                redis.clone(),
+                &settings.lock,
+                settings.pipeline.wallet_queue_depth_max,
+            ),
             replay_cache: ReplayCache::new(
                 redis.clone(),
                 Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
             ),
             redis,
-            key_cache: Arc::new(KeyCache::new(ms(settings.auth.cache_ttl_ms))),
+            key_cache: Arc::new(KeyCache::new(
+                ms(settings.auth.cache_ttl_ms),
+                ms(settings.auth.negative_cache_ttl_ms),
+                settings.auth.lookups_concurrent_max,
+                ms(settings.auth.lookup_wait_ms_max),
+            )),
             metrics: Arc::new(Metrics::new()?),
             settings: Arc::new(settings.clone()),
             idempotency_lease: ms(settings.idempotency.lease_ms),
+            pipelines: Arc::new(Semaphore::new(settings.pipeline.concurrent_max)),
+            readiness: Arc::default(),
         })
     }
 }
@@ -65,6 +82,12 @@ impl Application {
             .with_context(|| format!("binding {}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
         let openapi = web::Data::new(api::openapi_json()?);
+        tokio::spawn(retention::run_forever(
+            state.db.clone(),
+            Arc::clone(&state.metrics),
+            RetentionPolicy::from_settings(&settings.idempotency),
+            Duration::from_secs(settings.idempotency.purge_interval_s),
+        ));
         let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()

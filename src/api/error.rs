@@ -41,6 +41,14 @@ pub enum ApiError {
     /// The route exists but not for this method; carries the `Allow` header value.
     #[error("method not allowed; allowed: {0}")]
     MethodNotAllowed(&'static str),
+    /// The key's stored answer was dropped after `idempotency.retention_hours`; the key is never
+    /// forgotten, so nothing executes, whatever the request.
+    #[error("this Idempotency-Key's stored answer has expired; use a new key for a new request")]
+    IdempotencyKeyExpired,
+    /// The client did not send its whole body within `server.body_read_timeout_ms`; nothing
+    /// was stored, so a retry with the same key executes afresh.
+    #[error("the request body did not arrive within {0} ms")]
+    RequestTimeout(u64),
     /// The same key is being executed by another request right now.
     #[error("a request with this Idempotency-Key is still being processed; retry shortly")]
     IdempotencyKeyInProgress,
@@ -90,6 +98,8 @@ impl ApiError {
             ApiError::RouteNotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::IdempotencyKeyInProgress => "idempotency_key_in_progress",
+            ApiError::IdempotencyKeyExpired => "idempotency_key_expired",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::InsufficientFunds(_) => "insufficient_funds",
@@ -115,6 +125,8 @@ impl ApiError {
             ApiError::RouteNotFound => "Not found",
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::IdempotencyKeyInProgress => "Idempotency-Key in progress",
+            ApiError::IdempotencyKeyExpired => "Idempotency-Key expired",
+            ApiError::RequestTimeout(_) => "Request timeout",
             ApiError::PayloadTooLarge(_) => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
             ApiError::InsufficientFunds(_) => "Insufficient funds",
@@ -133,6 +145,7 @@ impl ApiError {
         match self {
             ApiError::RateLimited { retry_after_s } => Some(*retry_after_s),
             ApiError::IdempotencyKeyInProgress
+            | ApiError::RequestTimeout(_)
             | ApiError::LockTimeout
             | ApiError::Unavailable(_) => Some(1),
             _ => None,
@@ -201,6 +214,8 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyInProgress => StatusCode::CONFLICT,
+            ApiError::IdempotencyKeyExpired => StatusCode::GONE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InsufficientFunds(_)

@@ -9,6 +9,7 @@ use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visi
 use serde_json::Value;
 
 use super::error::ApiError;
+use crate::config::{ServerSettings, ms};
 use crate::domain::IdempotencyKey;
 
 /// Request bodies larger than this are refused with 413 (API.md, Conventions).
@@ -21,11 +22,19 @@ pub struct JsonBody<T> {
 }
 
 impl<T: DeserializeOwned> JsonBody<T> {
-    /// Reads at most [`BODY_BYTES_MAX`] bytes and parses them. `T` should deny unknown fields;
-    /// serde's derive already refuses duplicate fields and numbers where strings belong.
-    pub async fn read(request: &HttpRequest, payload: web::Payload) -> Result<Self, ApiError> {
+    /// Reads at most [`BODY_BYTES_MAX`] bytes within `server.body_read_timeout_ms` and parses
+    /// them. `T` should deny unknown fields; serde's derive already refuses duplicate fields and
+    /// numbers where strings belong.
+    pub async fn read(
+        request: &HttpRequest,
+        payload: web::Payload,
+        server: &ServerSettings,
+    ) -> Result<Self, ApiError> {
         require_json_content_type(request)?;
-        let bytes = read_limited(request, payload).await?;
+        let timeout = ms(server.body_read_timeout_ms);
+        let bytes = tokio::time::timeout(timeout, read_limited(request, payload))
+            .await
+            .map_err(|_| ApiError::RequestTimeout(server.body_read_timeout_ms))??;
         Self::parse(&bytes)
     }
 

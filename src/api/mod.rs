@@ -87,6 +87,7 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
             openapi_schemas::Unauthorized, openapi_schemas::Forbidden,
             openapi_schemas::WalletNotFound, openapi_schemas::TransactionNotFound,
             openapi_schemas::IdempotencyKeyInProgress, openapi_schemas::PayloadTooLarge,
+            openapi_schemas::RequestTimeout, openapi_schemas::IdempotencyKeyExpired,
             openapi_schemas::UnsupportedMediaType, openapi_schemas::DebitDeclined,
             openapi_schemas::CreditDeclined, openapi_schemas::IdempotencyKeyReused,
             openapi_schemas::RateLimited, openapi_schemas::Unavailable,

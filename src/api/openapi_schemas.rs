@@ -478,6 +478,12 @@ problem_responses! {
         "No such transaction for this tenant (also an id that is not a UUID)", [];
     IdempotencyKeyInProgress: 409, ["idempotency_key_in_progress"],
         "A request with this Idempotency-Key is still executing; nothing changed", [retry_after()];
+    RequestTimeout: 408, ["request_timeout"],
+        "The body did not arrive within server.body_read_timeout_ms; nothing is stored, retry with the same Idempotency-Key",
+        [retry_after()];
+    IdempotencyKeyExpired: 410, ["idempotency_key_expired"],
+        "This Idempotency-Key's stored answer is past retention; the key is never reused, nothing executes",
+        [];
     PayloadTooLarge: 413, ["payload_too_large"], "The body is over 65,536 bytes", [];
     UnsupportedMediaType: 415, ["unsupported_media_type"],
         "The body is not `application/json`", [];

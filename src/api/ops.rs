@@ -1,15 +1,12 @@
 //! Operational routes (no authentication): liveness, readiness, metrics, the OpenAPI document.
 
-use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use futures_util::future::join_all;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::respond::json_ok;
-use crate::db;
 use crate::startup::AppState;
 
 #[derive(Serialize, ToSchema)]
@@ -66,6 +63,7 @@ fn readiness_status() -> utoipa::openapi::Object {
 }
 
 /// Readiness: 200 when Postgres answers, takes writes and has every migration, else 503.
+/// Served from a probe result at most 1 s old (see `readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready (`ready`, or `degraded`: some Redis nodes are down)", body = Readiness),
@@ -73,53 +71,37 @@ fn readiness_status() -> utoipa::openapi::Object {
             headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
     ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let postgres_up = postgres_ready(&state).await;
-    let redis = join_all(state.redis.all().iter().map(|node| async move {
-        RedisNodeStatus {
-            node: node.label().to_owned(),
-            status: if node.ping().await { "up" } else { "down" },
-        }
-    }))
-    .await;
-    let redis_all_up = redis.iter().all(|n| n.status == "up");
-    let status = match (postgres_up, redis_all_up) {
+    let probe = state.readiness.current(&state.db, &state.redis).await;
+    let redis: Vec<RedisNodeStatus> = probe
+        .redis
+        .into_iter()
+        .map(|(node, up)| RedisNodeStatus {
+            node,
+            status: up_or_down_word(up),
+        })
+        .collect();
+    let status = match (probe.postgres_up, redis.iter().all(|n| n.status == "up")) {
         (false, _) => "unavailable",
         (true, true) => "ready",
         (true, false) => "degraded",
     };
     let body = Readiness {
         status,
-        postgres: if postgres_up { "up" } else { "down" },
+        postgres: up_or_down_word(probe.postgres_up),
         redis,
     };
-    let code = if postgres_up {
-        StatusCode::OK
+    let mut response = if probe.postgres_up {
+        HttpResponse::Ok()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        let mut unavailable = HttpResponse::ServiceUnavailable();
+        unavailable.insert_header((header::RETRY_AFTER, "1"));
+        unavailable
     };
-    let mut response = HttpResponse::build(code);
-    if !postgres_up {
-        response.insert_header((header::RETRY_AFTER, "1"));
-    }
     response.json(body)
 }
 
-async fn postgres_ready(state: &AppState) -> bool {
-    let Ok(mut conn) = state.db.get().await else {
-        return false;
-    };
-    let checks = async {
-        Ok::<_, anyhow::Error>(
-            db::migrations_applied(&mut conn).await? && db::accepts_writes(&mut conn).await?,
-        )
-    };
-    match checks.await {
-        Ok(ready) => ready,
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed");
-            false
-        }
-    }
+fn up_or_down_word(up: bool) -> &'static str {
+    if up { "up" } else { "down" }
 }
 
 /// Prometheus metrics.
@@ -128,7 +110,7 @@ async fn postgres_ready(state: &AppState) -> bool {
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let text = state
         .metrics
-        .render(state.db.status())
+        .render(state.db.status(), state.key_cache.unknown_entries())
         .map_err(ApiError::Internal)?;
     Ok(HttpResponse::Ok()
         .insert_header((

@@ -8,9 +8,10 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::extract::{JsonBody, idempotency_key, query};
 use super::openapi_schemas::{
-    BadEntryRequest, BadQuery, CreditDeclined, DebitDeclined, Forbidden, IdempotencyKeyHeader,
-    IdempotencyKeyInProgress, IdempotencyKeyReused, PayloadTooLarge, RateLimited, ReplayedFlag,
-    Unauthorized, Unavailable, UnsupportedMediaType, WalletNotFound,
+    BadEntryRequest, BadQuery, CreditDeclined, DebitDeclined, Forbidden, IdempotencyKeyExpired,
+    IdempotencyKeyHeader, IdempotencyKeyInProgress, IdempotencyKeyReused, PayloadTooLarge,
+    RateLimited, ReplayedFlag, RequestTimeout, Unauthorized, Unavailable, UnsupportedMediaType,
+    WalletNotFound,
 };
 use super::representations::{LedgerPage, Transaction, Wallet};
 use super::respond::{json_ok, respond};
@@ -140,7 +141,9 @@ impl EntryBody {
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
+        (status = 408, response = RequestTimeout),
         (status = 409, response = IdempotencyKeyInProgress),
+        (status = 410, response = IdempotencyKeyExpired),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = IdempotencyKeyReused),
@@ -156,7 +159,8 @@ pub async fn create_wallet(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WalletsWrite)?;
     let key = idempotency_key(&request)?;
-    let body = JsonBody::<CreateWalletBody>::read(&request, payload).await?;
+    let body =
+        JsonBody::<CreateWalletBody>::read(&request, payload, &state.settings.server).await?;
     let command = body.value.parse()?;
     let idempotent = IdempotentRequest {
         tenant: caller.tenant,
@@ -164,8 +168,9 @@ pub async fn create_wallet(
         fingerprint: Fingerprint::of("POST", "/v1/wallets", &body.canonical),
         wallet: None,
     };
-    let state = state.get_ref().clone();
-    let outcome = run_detached(pipeline::execute_create_wallet(state, idempotent, command)).await?;
+    let (slots, metrics) = (&state.pipelines, &state.metrics);
+    let pipeline = pipeline::execute_create_wallet(state.get_ref().clone(), idempotent, command);
+    let outcome = run_detached(slots, metrics, pipeline).await?;
     Ok(respond(outcome))
 }
 
@@ -217,7 +222,9 @@ pub async fn get_wallet(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = WalletNotFound),
+        (status = 408, response = RequestTimeout),
         (status = 409, response = IdempotencyKeyInProgress),
+        (status = 410, response = IdempotencyKeyExpired),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = DebitDeclined),
@@ -261,7 +268,9 @@ pub async fn debit(
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = WalletNotFound),
+        (status = 408, response = RequestTimeout),
         (status = 409, response = IdempotencyKeyInProgress),
+        (status = 410, response = IdempotencyKeyExpired),
         (status = 413, response = PayloadTooLarge),
         (status = 415, response = UnsupportedMediaType),
         (status = 422, response = CreditDeclined),
@@ -289,7 +298,7 @@ async fn post_entry(
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WalletsWrite)?;
     let key = idempotency_key(&request)?;
-    let body = JsonBody::<EntryBody>::read(&request, payload).await?;
+    let body = JsonBody::<EntryBody>::read(&request, payload, &state.settings.server).await?;
     let parsed = body.value.parse()?;
     // Checked after the body, so a non-UUID id behaves exactly like an unknown one.
     let wallet = WalletId::parse(id).ok_or(ApiError::WalletNotFound)?;
@@ -304,8 +313,9 @@ async fn post_entry(
         ),
         wallet: Some(wallet),
     };
-    let state = state.get_ref().clone();
-    let outcome = run_detached(pipeline::execute_entry(state, idempotent, command)).await?;
+    let (slots, metrics) = (&state.pipelines, &state.metrics);
+    let pipeline = pipeline::execute_entry(state.get_ref().clone(), idempotent, command);
+    let outcome = run_detached(slots, metrics, pipeline).await?;
     Ok(respond(outcome))
 }
 

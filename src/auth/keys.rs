@@ -130,8 +130,20 @@ async fn insert_key(
     Ok(issued)
 }
 
-/// Revokes a key; returns false if there is no such (unrevoked) key.
-pub async fn revoke_key(conn: &mut PgConn, key: KeyId) -> anyhow::Result<bool> {
+/// What `revoke_key` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// Revoked by this call.
+    Now,
+    /// Revoked earlier; nothing changed.
+    Already,
+    /// No key has this id.
+    NoSuchKey,
+}
+
+/// Revokes a key. Idempotent: revoking a revoked key changes nothing and says so, so that the
+/// caller can still (re)publish the revocation.
+pub async fn revoke_key(conn: &mut PgConn, key: KeyId) -> anyhow::Result<Revoked> {
     let updated = diesel::update(
         api_keys::table
             .find(key.as_uuid())
@@ -140,7 +152,13 @@ pub async fn revoke_key(conn: &mut PgConn, key: KeyId) -> anyhow::Result<bool> {
     .set(api_keys::revoked_at.eq(diesel::dsl::now))
     .execute(conn)
     .await?;
-    Ok(updated == 1)
+    if updated == 1 {
+        return Ok(Revoked::Now);
+    }
+    Ok(match find_key(conn, key).await? {
+        Some(_) => Revoked::Already,
+        None => Revoked::NoSuchKey,
+    })
 }
 
 /// Loads a key's row by its public id.

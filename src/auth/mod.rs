@@ -1,17 +1,15 @@
 //! Authentication (`Authorization: Bearer <key>`) and scope checks for `/v1` routes.
 //!
-//! Verified keys are cached in-process for `auth.cache_ttl_ms` (1 s by default): that bounds how
-//! long a revoked key keeps working on any replica, and spares a database round trip on most
-//! requests. The cache is bounded; when full it is cleared rather than grown.
+//! Keys, and key ids that do not exist, are cached in-process ([`key_cache`]), so most requests
+//! and every repeated made-up key cost no database round trip; lookups that do reach Postgres
+//! are capped in number, so unauthenticated traffic cannot take the pool from debits.
 
 pub mod admission;
+pub mod key_cache;
 pub mod keys;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -19,10 +17,8 @@ use actix_web::{FromRequest, HttpRequest, web};
 use crate::api::error::ApiError;
 use crate::domain::{KeyId, Scope, TenantId};
 use crate::startup::AppState;
+use key_cache::{Cached, KnownKey};
 use keys::PresentedKey;
-
-/// Most keys the cache holds before it is cleared.
-const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
 
 /// A request's verified caller.
 #[derive(Debug, Clone)]
@@ -43,74 +39,62 @@ impl Caller {
     }
 }
 
-#[derive(Clone)]
-struct CachedKey {
-    secret_hash: Vec<u8>,
-    caller: Option<Caller>,
-    fetched_at: Instant,
-}
-
-pub struct KeyCache {
-    ttl: Duration,
-    entries: Mutex<HashMap<KeyId, CachedKey>>,
-}
-
-impl KeyCache {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: KeyId) -> Option<CachedKey> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(&key)
-            .filter(|cached| cached.fetched_at.elapsed() < self.ttl)
-            .cloned()
-    }
-
-    fn put(&self, key: KeyId, cached: CachedKey) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= KEY_CACHE_ENTRIES_MAX {
-            entries.clear();
-        }
-        entries.insert(key, cached);
-    }
-}
-
 /// Verifies the bearer token: 401 if absent, malformed, unknown, revoked or wrong.
 async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
     let presented = token
         .and_then(PresentedKey::parse)
         .ok_or(ApiError::Unauthorized)?;
-    let cached = match state.key_cache.get(presented.key_id) {
-        Some(cached) => cached,
-        None => {
-            let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
-            let row = keys::find_key(&mut conn, presented.key_id)
-                .await
-                .map_err(ApiError::from_db)?
-                .ok_or(ApiError::Unauthorized)?;
-            let caller = row.revoked_at.is_none().then(|| Caller {
-                tenant: TenantId::from_uuid(row.tenant_id),
-                key: KeyId::from_uuid(row.id),
-                scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
-            });
-            let cached = CachedKey {
-                secret_hash: row.secret_hash,
-                caller,
-                fetched_at: Instant::now(),
-            };
-            state.key_cache.put(presented.key_id, cached.clone());
-            cached
+    let known = match state.key_cache.get(presented.key_id) {
+        Some(Cached::Known(known)) => known,
+        Some(Cached::Unknown) => {
+            state.metrics.record_unknown_key("hit");
+            return Err(ApiError::Unauthorized);
         }
+        None => look_up(state, presented.key_id).await?,
     };
-    if !presented.matches(&cached.secret_hash) {
+    if !presented.matches(&known.secret_hash) {
         return Err(ApiError::Unauthorized);
     }
-    cached.caller.ok_or(ApiError::Unauthorized)
+    known.caller.ok_or(ApiError::Unauthorized)
+}
+
+/// The key's row from Postgres, within the cache's cap on concurrent lookups; the answer,
+/// found or not, is cached.
+async fn look_up(state: &AppState, key: KeyId) -> Result<KnownKey, ApiError> {
+    let _slot = state
+        .key_cache
+        .lookup_slot()
+        .await
+        .map_err(|busy| ApiError::Unavailable(busy.into()))?;
+    // Requests with the same id may have queued for a slot together: the first one's answer
+    // serves the rest.
+    match state.key_cache.get(key) {
+        Some(Cached::Known(known)) => return Ok(known),
+        Some(Cached::Unknown) => return Err(ApiError::Unauthorized),
+        None => {}
+    }
+    let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
+    let Some(row) = keys::find_key(&mut conn, key)
+        .await
+        .map_err(ApiError::from_db)?
+    else {
+        let cleared = state.key_cache.put_unknown(key);
+        state.metrics.record_unknown_key("insert");
+        if cleared {
+            state.metrics.record_unknown_key("clear");
+        }
+        return Err(ApiError::Unauthorized);
+    };
+    let known = KnownKey {
+        secret_hash: row.secret_hash,
+        caller: row.revoked_at.is_none().then(|| Caller {
+            tenant: TenantId::from_uuid(row.tenant_id),
+            key: KeyId::from_uuid(row.id),
+            scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+        }),
+    };
+    state.key_cache.put_known(key, known.clone());
+    Ok(known)
 }
 
 fn bearer_token(request: &HttpRequest) -> Option<&str> {

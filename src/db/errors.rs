@@ -1,8 +1,9 @@
 //! What a database error means for the request that hit it.
 //!
 //! diesel exposes only a coarse error kind (no SQLSTATE for timeouts or deadlocks), so those are
-//! recognised by the server's message, which `SET lc_messages` cannot change for our sessions
-//! (Postgres reports these in English unless the server itself is localised).
+//! recognised by the server's exact message, which `SET lc_messages` cannot change for our
+//! sessions (Postgres reports these in English unless the server itself is localised). Errors
+//! without a SQLSTATE (a lost socket) arrive as `UnableToSendCommand`.
 
 use diesel::result::{DatabaseErrorKind, Error};
 
@@ -36,19 +37,30 @@ pub fn classify(error: &Error) -> DbFailure {
     }
 }
 
+/// Server messages (with a SQLSTATE) that mean the request met an unhealthy or overloaded
+/// server rather than a bug. Matched as prefixes of Postgres's own wording, so that an error
+/// that merely mentions a word like "connection" (a column, a constraint) stays a bug.
+const UNAVAILABLE_PREFIXES: [&str; 6] = [
+    // 57014: statement_timeout, a cancel request, a conflict with recovery.
+    "canceling statement due to",
+    // 57P01..57P05: shutdown, crash of another backend, idle(-in-transaction) timeouts.
+    "terminating connection ",
+    // 57P03: starting up, shutting down, in recovery, not accepting connections.
+    "the database system is ",
+    // 53200
+    "out of memory",
+    // 53100: disk full while extending a relation or writing WAL.
+    "could not extend file",
+    "could not write to file",
+];
+
 fn classify_message(message: &str) -> DbFailure {
-    if message.contains("lock timeout") {
+    if message == "canceling statement due to lock timeout" {
         DbFailure::LockTimeout
-    } else if message.contains("deadlock detected") {
+    } else if message == "deadlock detected" {
         DbFailure::Retryable
-    } else if message.contains("statement timeout")
-        || message.contains("terminating connection")
-        || message.contains("the database system is")
-        || message.contains("connection")
-        || message.contains("read-only transaction")
-        || message.contains("out of memory")
-        || message.contains("could not extend file")
-        || message.contains("No space left on device")
+    } else if UNAVAILABLE_PREFIXES.iter().any(|p| message.starts_with(p))
+        || message.ends_with("in a read-only transaction")
     {
         DbFailure::Unavailable
     } else {
@@ -83,5 +95,25 @@ mod tests {
             classify_message("new row for relation \"wallets\" violates check constraint"),
             DbFailure::Bug
         );
+        assert_eq!(
+            classify_message("terminating connection due to administrator command"),
+            DbFailure::Unavailable
+        );
+        assert_eq!(
+            classify_message("the database system is shutting down"),
+            DbFailure::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_bug_that_mentions_a_connection_is_still_a_bug() {
+        for message in [
+            "column \"connection_id\" does not exist",
+            "relation \"connections\" does not exist",
+            "duplicate key value violates unique constraint \"connection_pkey\"",
+            "syntax error at or near \"timeout\"",
+        ] {
+            assert_eq!(classify_message(message), DbFailure::Bug, "{message}");
+        }
     }
 }

@@ -50,6 +50,7 @@ diesel::table! {
         response_body -> Nullable<Bytea>,
         created_at -> Timestamptz,
         completed_at -> Nullable<Timestamptz>,
+        expired_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -3,12 +3,15 @@
 
 pub mod idempotency_key;
 pub mod ids;
+pub mod jcs;
+pub mod metadata;
 pub mod money;
 pub mod scope;
 pub mod text;
 
 pub use idempotency_key::IdempotencyKey;
 pub use ids::{KeyId, TenantId, TransactionId, WalletId};
+pub use metadata::{Metadata, MetadataError};
 pub use money::{Currency, Money, MoneyError, NonNegativeAmount};
 pub use scope::Scope;
-pub use text::{BoundedText, Metadata};
+pub use text::BoundedText;

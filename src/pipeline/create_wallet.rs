@@ -4,8 +4,9 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
+use super::deadline::Deadline;
 use super::idempotency::{Claim, StoredResponse};
-use super::transaction::TxError;
+use super::transaction::{self, TxError};
 use crate::api::error::ApiError;
 use crate::api::representations::Wallet;
 use crate::db::models::{NewWallet, WalletRow};
@@ -24,11 +25,16 @@ pub async fn create_wallet(
     pool: &PgPool,
     claim: &Claim,
     command: &CreateWalletCommand,
+    deadline: Deadline,
+    lock_timeout_ms: u64,
 ) -> Result<StoredResponse, ApiError> {
-    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
-    conn.transaction(async |c| create_once(c, claim, command).await)
-        .await
-        .map_err(ApiError::from)
+    let mut conn = transaction::connection(pool, &deadline).await?;
+    conn.transaction(async |c| {
+        transaction::bound_statements(c, &deadline, lock_timeout_ms).await?;
+        create_once(c, claim, command).await
+    })
+    .await
+    .map_err(ApiError::from)
 }
 
 async fn create_once(

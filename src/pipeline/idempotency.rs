@@ -7,6 +7,13 @@
 //! token — that, plus the primary key on `(tenant_id, idempotency_key)`, is the real guard
 //! against concurrent twins. The stored response commits in the same transaction as the
 //! business write, so a key's answer and its effect exist together or not at all.
+//!
+//! A [`Claim`] is a guard: on every exit that neither committed an answer nor abandoned the
+//! key explicitly (an error path, a panic, a cancelled task) its `Drop` frees the key in the
+//! background, so a retry does not wait out the whole lease.
+//!
+//! Stored answers are dropped after `idempotency.retention_hours` (see [`super::retention`]);
+//! the key row stays forever, in state `expired`, and a request with it answers 410.
 
 use std::time::Duration;
 
@@ -16,6 +23,7 @@ use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::deadline::Deadline;
 use crate::api::error::ApiError;
 use crate::db::{PgConn, PgPool};
 use crate::domain::{IdempotencyKey, TenantId, WalletId};
@@ -84,12 +92,25 @@ pub enum Begin {
     Replay(StoredResponse),
 }
 
-/// Our lease on a key's in-flight marker.
-#[derive(Debug, Clone)]
+/// Our lease on a key's in-flight marker. Not `Clone`: exactly one owner completes or frees it.
 pub struct Claim {
     tenant: TenantId,
     key: IdempotencyKey,
     token: Uuid,
+    /// Where to free the key from if the claim is dropped while still armed.
+    pool: PgPool,
+    /// True until the answer committed or the key was freed.
+    armed: bool,
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claim")
+            .field("tenant", &self.tenant)
+            .field("key", &self.key)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(QueryableByName)]
@@ -114,13 +135,19 @@ struct Token {
     lease_token: Uuid,
 }
 
-/// Layer 1: replay a stored answer, refuse a reuse or a twin in flight, or claim the key.
+/// Layer 1: replay a stored answer, refuse a reuse, an expired key or a twin in flight, or
+/// claim the key.
 pub async fn begin(
     pool: &PgPool,
     request: &IdempotentRequest,
     lease: Duration,
+    deadline: Deadline,
 ) -> Result<Begin, ApiError> {
-    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
+    let mut conn = deadline
+        .bound("a database connection", pool.get())
+        .await
+        .map_err(|passed| ApiError::Unavailable(passed.into()))?
+        .map_err(ApiError::from_pool)?;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     for _ in 0..CLAIM_ATTEMPTS_MAX {
         let token = Uuid::new_v4();
@@ -144,7 +171,7 @@ pub async fn begin(
         .optional()
         .map_err(ApiError::from_db)?;
         if inserted.is_some_and(|row| row.lease_token == token) {
-            return Ok(Begin::Claimed(claim(request, token)));
+            return Ok(Begin::Claimed(claim(pool, request, token)));
         }
 
         let existing: Option<ExistingKey> = diesel::sql_query(
@@ -163,6 +190,11 @@ pub async fn begin(
             // The marker was abandoned between our INSERT and SELECT: try to claim again.
             continue;
         };
+        // Past retention the answer is gone but the key is not: whatever the request, nothing
+        // executes (a very late retry must never charge twice).
+        if existing.state == "expired" {
+            return Err(ApiError::IdempotencyKeyExpired);
+        }
         if existing.fingerprint != request.fingerprint.0 {
             return Err(ApiError::IdempotencyKeyReused);
         }
@@ -182,13 +214,21 @@ pub async fn begin(
             }
             ("in_progress", ..) => {
                 // The first request's lease lapsed (it crashed or hung): take the key over, but
-                // only if nobody else did first.
+                // only if its lease is still lapsed and nobody else took it first. A marker that
+                // is row-locked belongs to a transaction still running (the first request is
+                // alive after all): SKIP LOCKED makes that a 409 at once instead of a wait.
                 let taken_over: Option<Token> = diesel::sql_query(
-                    "UPDATE idempotency_keys \
+                    "WITH lapsed AS ( \
+                         SELECT tenant_id, idempotency_key FROM idempotency_keys \
+                         WHERE tenant_id = $1 AND idempotency_key = $2 \
+                           AND state = 'in_progress' AND lease_token = $5 \
+                           AND lease_expires_at < clock_timestamp() \
+                         FOR UPDATE SKIP LOCKED) \
+                     UPDATE idempotency_keys k \
                      SET lease_token = $3, lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
-                     WHERE tenant_id = $1 AND idempotency_key = $2 \
-                       AND state = 'in_progress' AND lease_token = $5 \
-                     RETURNING lease_token",
+                     FROM lapsed \
+                     WHERE k.tenant_id = lapsed.tenant_id AND k.idempotency_key = lapsed.idempotency_key \
+                     RETURNING k.lease_token",
                 )
                 .bind::<SqlUuid, _>(request.tenant.as_uuid())
                 .bind::<Text, _>(request.key.as_str())
@@ -201,8 +241,9 @@ pub async fn begin(
                 .map_err(ApiError::from_db)?;
                 if taken_over.is_some_and(|row| row.lease_token == token) {
                     tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
-                    return Ok(Begin::Claimed(claim(request, token)));
+                    return Ok(Begin::Claimed(claim(pool, request, token)));
                 }
+                return Err(ApiError::IdempotencyKeyInProgress);
             }
             (state, ..) => {
                 return Err(ApiError::Internal(anyhow::anyhow!(
@@ -214,11 +255,13 @@ pub async fn begin(
     Err(ApiError::IdempotencyKeyInProgress)
 }
 
-fn claim(request: &IdempotentRequest, token: Uuid) -> Claim {
+fn claim(pool: &PgPool, request: &IdempotentRequest, token: Uuid) -> Claim {
     Claim {
         tenant: request.tenant,
         key: request.key.clone(),
         token,
+        pool: pool.clone(),
+        armed: true,
     }
 }
 
@@ -290,27 +333,54 @@ impl Claim {
         }
     }
 
+    /// The answer committed with the business write: nothing is left to free.
+    pub fn committed(mut self) {
+        self.armed = false;
+    }
+
     /// Frees the key after an outcome that is not stored (a 4xx input error found late, a
     /// 5xx), so that a retry executes afresh. Best effort: if the database is unreachable the
     /// lease lapses on its own.
-    pub async fn abandon(self, pool: &PgPool) {
-        let Ok(mut conn) = pool.get().await else {
-            tracing::warn!(key = %self.key, "could not free idempotency key; its lease will lapse");
+    pub async fn abandon(mut self) {
+        self.armed = false;
+        free_key(&self.pool, self.tenant, &self.key, self.token).await;
+    }
+}
+
+impl Drop for Claim {
+    /// A claim dropped while armed (an early return, a panic, a cancelled task) frees its key
+    /// in the background. The delete names our lease token, so it can never free a key that
+    /// has since completed or been taken over.
+    fn drop(&mut self) {
+        if !self.armed {
             return;
-        };
-        let deleted = diesel::sql_query(
-            "DELETE FROM idempotency_keys \
-             WHERE tenant_id = $1 AND idempotency_key = $2 \
-               AND state = 'in_progress' AND lease_token = $3",
-        )
-        .bind::<SqlUuid, _>(self.tenant.as_uuid())
-        .bind::<Text, _>(self.key.as_str())
-        .bind::<SqlUuid, _>(self.token)
-        .execute(&mut conn)
-        .await;
-        if let Err(error) = deleted {
-            tracing::warn!(key = %self.key, %error, "could not free idempotency key; its lease will lapse");
         }
+        let (pool, tenant, key, token) =
+            (self.pool.clone(), self.tenant, self.key.clone(), self.token);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            tracing::warn!(%key, "idempotency claim dropped without an answer; freeing the key");
+            runtime.spawn(async move { free_key(&pool, tenant, &key, token).await });
+        }
+    }
+}
+
+async fn free_key(pool: &PgPool, tenant: TenantId, key: &IdempotencyKey, token: Uuid) {
+    let Ok(mut conn) = pool.get().await else {
+        tracing::warn!(%key, "could not free idempotency key; its lease will lapse");
+        return;
+    };
+    let deleted = diesel::sql_query(
+        "DELETE FROM idempotency_keys \
+         WHERE tenant_id = $1 AND idempotency_key = $2 \
+           AND state = 'in_progress' AND lease_token = $3",
+    )
+    .bind::<SqlUuid, _>(tenant.as_uuid())
+    .bind::<Text, _>(key.as_str())
+    .bind::<SqlUuid, _>(token)
+    .execute(&mut conn)
+    .await;
+    if let Err(error) = deleted {
+        tracing::warn!(%key, %error, "could not free idempotency key; its lease will lapse");
     }
 }
 

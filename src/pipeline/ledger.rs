@@ -10,8 +10,9 @@ use diesel::sql_types::Timestamptz;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::deadline::Deadline;
 use super::idempotency::{Claim, StoredResponse};
-use super::transaction::{TRANSACTION_ATTEMPTS_MAX, TxError};
+use super::transaction::{self, TxError};
 use crate::api::error::ApiError;
 use crate::api::representations::Transaction;
 use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
@@ -126,15 +127,20 @@ pub async fn post_entry(
     pool: &PgPool,
     claim: &Claim,
     command: &EntryCommand,
+    deadline: Deadline,
+    lock_timeout_ms: u64,
 ) -> Result<StoredResponse, ApiError> {
-    let mut conn = pool.get().await.map_err(ApiError::from_pool)?;
+    let mut conn = transaction::connection(pool, &deadline).await?;
     let mut attempt = 1;
     loop {
         let outcome = conn
-            .transaction(async |c| post_entry_once(c, claim, command).await)
+            .transaction(async |c| {
+                transaction::bound_statements(c, &deadline, lock_timeout_ms).await?;
+                post_entry_once(c, claim, command).await
+            })
             .await;
         match outcome {
-            Err(error) if error.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX => {
+            Err(error) if error.retry_after_attempt(attempt, &deadline) => {
                 tracing::info!(%error, attempt, "transaction conflict; retrying");
                 attempt += 1;
             }

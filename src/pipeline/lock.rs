@@ -17,7 +17,17 @@
 //! (a per-wallet async mutex). Without it, a hot wallet's requests would all spin on Redis with
 //! random back-off, and the lock would sit free between a release and the next lucky retry;
 //! with it, each replica sends one contender at a time to Redis, in arrival order. The queue
-//! wait counts against the same `lock.wait_ms_max`.
+//! wait counts against the same `lock.wait_ms_max` (and the request's deadline), and the queue
+//! is capped at `pipeline.wallet_queue_depth_max`: a place in it is taken with
+//! [`WalletLocks::enqueue`] before the request writes anything, so a full queue sheds load
+//! with nothing to undo.
+//!
+//! Fair across replicas: a local queue hands the lock from one request to the next at once,
+//! while another replica's contender polls with random back-off, so a busy replica could keep a
+//! hot wallet forever. A contender whose `SET NX` fails marks the wallet contended (a short-lived
+//! key on each node, set in the same script); the release reports that mark, and after
+//! `lock.local_handoffs_max` turns in a row on one replica with the mark present the local queue
+//! pauses for one back-off period, in which the other replica's next attempt wins.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,17 +37,27 @@ use futures_util::future::join_all;
 use rand::Rng;
 use uuid::Uuid;
 
+use super::deadline::Deadline;
 use crate::config::{LockSettings, RedisUnavailablePolicy, ms};
 use crate::domain::{TenantId, WalletId};
 use crate::redis_nodes::{RedisCallError, RedisNodes};
 
-/// Deletes the key only if it still holds our token.
+/// Takes the lock, or marks the wallet contended for `ARGV[3]` ms. Returns 1 if taken.
+const ACQUIRE_SCRIPT: &str = r#"
+if redis.call("SET", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+    return 1
+end
+redis.call("SET", KEYS[2], "1", "PX", ARGV[3])
+return 0
+"#;
+
+/// Deletes the lock only if it still holds our token; returns 1 if the wallet is marked
+/// contended (someone failed to take it recently).
 const RELEASE_SCRIPT: &str = r#"
 if redis.call("GET", KEYS[1]) == ARGV[1] then
-    return redis.call("DEL", KEYS[1])
-else
-    return 0
+    redis.call("DEL", KEYS[1])
 end
+return redis.call("EXISTS", KEYS[2])
 "#;
 
 /// After a node failed to answer: how often, and how long apart, our token is released again.
@@ -56,17 +76,31 @@ pub fn wallet_lock_key(tenant: TenantId, wallet: WalletId) -> String {
     format!("walletd:lock:{tenant}:{wallet}")
 }
 
+/// The mark a failed contender leaves (see the module doc on fairness).
+fn contended_key(tenant: TenantId, wallet: WalletId) -> String {
+    format!("walletd:lockwait:{tenant}:{wallet}")
+}
+
 /// A wallet as seen by one tenant: what the lock and the local queue are keyed by.
 type LockScope = (TenantId, WalletId);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    /// The wallet stayed locked by other requests for `lock.wait_ms_max`: 503 `lock_timeout`.
+    /// The wallet stayed locked by other requests for `lock.wait_ms_max` (or until the
+    /// request's deadline): 503 `lock_timeout`.
     #[error("wallet lock not acquired within {waited_ms} ms ({attempts} attempts)")]
     Timeout { waited_ms: u128, attempts: u32 },
     /// A quorum of Redis nodes is unreachable and the policy is `reject`: 503 `unavailable`.
     #[error("Redis quorum unreachable ({failed} of {nodes} nodes failed)")]
     QuorumUnreachable { failed: usize, nodes: usize },
+}
+
+/// The wallet's local queue already holds `pipeline.wallet_queue_depth_max` requests: 503
+/// `lock_timeout`, before anything was written.
+#[derive(Debug, thiserror::Error)]
+#[error("{depth} requests already queued for this wallet in this process")]
+pub struct QueueFull {
+    pub depth: usize,
 }
 
 /// How the lock was obtained, for metrics and logs.
@@ -78,68 +112,108 @@ pub enum LockMode {
     DatabaseOnly,
 }
 
-/// Per-wallet FIFO queues of this process. An entry lives while someone holds or awaits it.
-#[derive(Default)]
+/// What the holder of a wallet's local turn knows about the turns before it.
+#[derive(Debug, Default)]
+struct TurnState {
+    /// Redlock acquisitions in a row by this process's requests, with no other replica's
+    /// request in between.
+    handoffs_in_a_row: u32,
+}
+
+struct QueueEntry {
+    /// Requests holding or awaiting this wallet's turn.
+    depth: usize,
+    turn: Arc<tokio::sync::Mutex<TurnState>>,
+}
+
+/// Per-wallet FIFO queues of this process. An entry lives while someone holds or awaits it,
+/// so the map stays as small as the set of busy wallets.
 struct LocalQueues {
-    queues: Mutex<HashMap<LockScope, Arc<tokio::sync::Mutex<()>>>>,
+    queues: Mutex<HashMap<LockScope, QueueEntry>>,
+    depth_max: usize,
 }
 
 impl LocalQueues {
-    fn queue(&self, wallet: LockScope) -> Arc<tokio::sync::Mutex<()>> {
+    fn enter(self: &Arc<Self>, scope: LockScope) -> Result<QueuePlace, QueueFull> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(queues.entry(wallet).or_default())
+        let entry = queues.entry(scope).or_insert_with(|| QueueEntry {
+            depth: 0,
+            turn: Arc::default(),
+        });
+        if entry.depth >= self.depth_max {
+            return Err(QueueFull { depth: entry.depth });
+        }
+        entry.depth += 1;
+        Ok(QueuePlace {
+            queues: Arc::clone(self),
+            scope,
+            turn: Arc::clone(&entry.turn),
+        })
     }
 
-    /// Drops the wallet's queue once nobody holds or awaits it (the map's own reference is
-    /// the only one left), so the map stays as small as the set of busy wallets.
-    fn forget_if_idle(&self, wallet: LockScope) {
+    fn leave(&self, scope: LockScope) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if queues
-            .get(&wallet)
-            .is_some_and(|q| Arc::strong_count(q) == 1)
-        {
-            queues.remove(&wallet);
+        if let Some(entry) = queues.get_mut(&scope) {
+            entry.depth = entry.depth.saturating_sub(1);
+            if entry.depth == 0 {
+                queues.remove(&scope);
+            }
         }
     }
 }
 
-/// This request's turn in its wallet's local queue; leaving it lets the next one in.
-struct LocalTurn {
+/// A request's place in its wallet's local queue, taken before it writes anything; leaving
+/// (dropping it) makes room for another.
+pub struct QueuePlace {
     queues: Arc<LocalQueues>,
-    wallet: LockScope,
-    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    scope: LockScope,
+    turn: Arc<tokio::sync::Mutex<TurnState>>,
 }
 
-impl Drop for LocalTurn {
+impl Drop for QueuePlace {
     fn drop(&mut self) {
-        drop(self.turn.take());
-        self.queues.forget_if_idle(self.wallet);
+        self.queues.leave(self.scope);
     }
+}
+
+/// This request's turn in its wallet's local queue; dropping it lets the next one in.
+struct LocalTurn {
+    // Field order is drop order: the turn is given up before the place is left, so an idle
+    // wallet's entry is removed only once nobody holds its turn.
+    turn: tokio::sync::OwnedMutexGuard<TurnState>,
+    place: QueuePlace,
 }
 
 #[derive(Clone)]
 pub struct WalletLocks {
     local: Arc<LocalQueues>,
     nodes: RedisNodes,
+    acquire: Arc<redis::Script>,
     release: Arc<redis::Script>,
     ttl: Duration,
     wait_max: Duration,
     retry_delay_min: Duration,
     retry_delay_max: Duration,
     policy: RedisUnavailablePolicy,
+    handoffs_max: u32,
 }
 
 impl WalletLocks {
-    pub fn new(nodes: RedisNodes, settings: &LockSettings) -> Self {
+    pub fn new(nodes: RedisNodes, settings: &LockSettings, queue_depth_max: usize) -> Self {
         Self {
-            local: Arc::default(),
+            local: Arc::new(LocalQueues {
+                queues: Mutex::default(),
+                depth_max: queue_depth_max,
+            }),
             nodes,
+            acquire: Arc::new(redis::Script::new(ACQUIRE_SCRIPT)),
             release: Arc::new(redis::Script::new(RELEASE_SCRIPT)),
             ttl: ms(settings.ttl_ms),
             wait_max: ms(settings.wait_ms_max),
             retry_delay_min: ms(settings.retry_delay_ms_min),
             retry_delay_max: ms(settings.retry_delay_ms_max),
             policy: settings.redis_unavailable,
+            handoffs_max: settings.local_handoffs_max,
         }
     }
 
@@ -147,62 +221,69 @@ impl WalletLocks {
         self.nodes.all().len() / 2 + 1
     }
 
-    /// Acquires the wallet's lock, waiting at most `lock.wait_ms_max` in all.
+    /// How long a contended mark lives: long enough to outlast one back-off of its setter.
+    fn contended_mark_ttl(&self) -> Duration {
+        self.retry_delay_max * 2 + Duration::from_millis(10)
+    }
+
+    /// Takes a place in the wallet's local queue, or refuses at once when it is full.
+    pub fn enqueue(&self, tenant: TenantId, wallet: WalletId) -> Result<QueuePlace, QueueFull> {
+        self.local.enter((tenant, wallet))
+    }
+
+    /// Waits for the place's turn, then acquires the wallet's Redlock lock, waiting at most
+    /// `lock.wait_ms_max` in all and never past `deadline`.
     pub async fn acquire(
         &self,
-        tenant: TenantId,
-        wallet: WalletId,
+        place: QueuePlace,
+        deadline: Deadline,
     ) -> Result<WalletLockGuard, LockError> {
-        let scope = (tenant, wallet);
         let started = Instant::now();
-        let deadline = started + self.wait_max;
-        // Built before waiting, so that giving up also tidies the queue map (via Drop).
-        let mut local = LocalTurn {
-            queues: Arc::clone(&self.local),
-            wallet: scope,
-            turn: None,
-        };
-        let waiting = self.local.queue(scope).lock_owned();
-        let Ok(turn) = tokio::time::timeout(self.wait_max, waiting).await else {
+        let give_up_at = deadline.at().min(started + self.wait_max);
+        let waiting = Arc::clone(&place.turn).lock_owned();
+        let Ok(turn) = tokio::time::timeout_at(give_up_at.into(), waiting).await else {
             return Err(LockError::Timeout {
                 waited_ms: started.elapsed().as_millis(),
                 attempts: 0,
             });
         };
-        local.turn = Some(turn);
-        self.acquire_redlock(scope, local, started, deadline).await
+        let local = LocalTurn { turn, place };
+        self.acquire_redlock(local, started, give_up_at).await
     }
 
     async fn acquire_redlock(
         &self,
-        (tenant, wallet): LockScope,
-        local: LocalTurn,
+        mut local: LocalTurn,
         started: Instant,
-        deadline: Instant,
+        give_up_at: Instant,
     ) -> Result<WalletLockGuard, LockError> {
+        let (tenant, wallet) = local.place.scope;
         let key = wallet_lock_key(tenant, wallet);
+        let contended = contended_key(tenant, wallet);
         let token = Uuid::new_v4().simple().to_string();
         let node_count = self.nodes.all().len();
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let mark_ms = u64::try_from(self.contended_mark_ttl().as_millis()).unwrap_or(u64::MAX);
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
             let attempt_started = Instant::now();
             let results = join_all(self.nodes.all().iter().map(|node| {
-                let (key, token) = (&key, &token);
-                let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+                let script = Arc::clone(&self.acquire);
+                let (key, contended, token) = (&key, &contended, &token);
                 node.call(async move |c| {
-                    redis::cmd("SET")
-                        .arg(key)
+                    script
+                        .key(key)
+                        .key(contended)
                         .arg(token)
-                        .arg("NX")
-                        .arg("PX")
                         .arg(ttl_ms)
-                        .query_async::<Option<String>>(c)
+                        .arg(mark_ms)
+                        .invoke_async::<i64>(c)
                         .await
                 })
             }))
             .await;
-            let granted = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+            let granted = results.iter().filter(|r| matches!(r, Ok(1))).count();
             let failed: Vec<&RedisCallError> =
                 results.iter().filter_map(|r| r.as_ref().err()).collect();
             let validity = self
@@ -210,20 +291,28 @@ impl WalletLocks {
                 .saturating_sub(attempt_started.elapsed())
                 .saturating_sub(drift(self.ttl));
             if granted >= self.quorum() && !validity.is_zero() {
+                // A first-attempt win continues this replica's run; a win after waiting means
+                // another replica held the wallet in between.
+                local.turn.handoffs_in_a_row = if attempts == 1 {
+                    local.turn.handoffs_in_a_row.saturating_add(1)
+                } else {
+                    1
+                };
                 return Ok(WalletLockGuard::locked(
                     self.clone(),
                     key,
+                    contended,
                     token,
                     validity,
                     local,
                 ));
             }
             if granted > 0 {
-                self.release_everywhere(&key, &token).await;
+                self.release_everywhere(&key, &contended, &token).await;
             }
             if !failed.is_empty() {
                 // A node that timed out may still apply our SET later; clean up after it.
-                self.release_late(&key, &token);
+                self.release_late(&key, &contended, &token);
             }
             if failed.len() > node_count - self.quorum() {
                 for error in &failed {
@@ -241,7 +330,7 @@ impl WalletLocks {
                 };
             }
             let delay = self.retry_delay();
-            if Instant::now() + delay >= deadline {
+            if Instant::now() + delay >= give_up_at {
                 return Err(LockError::Timeout {
                     waited_ms: started.elapsed().as_millis(),
                     attempts,
@@ -262,53 +351,94 @@ impl WalletLocks {
     /// Releases our token again a little later, in the background: a node that did not answer
     /// in time may have queued the `SET` and apply it after we gave up on it, which would
     /// otherwise leave the wallet locked by nobody for a whole TTL.
-    fn release_late(&self, key: &str, token: &str) {
+    fn release_late(&self, key: &str, contended: &str, token: &str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (locks, key, token) = (self.clone(), key.to_owned(), token.to_owned());
+        let locks = self.clone();
+        let (key, contended, token) = (key.to_owned(), contended.to_owned(), token.to_owned());
         runtime.spawn(async move {
             for _ in 0..LATE_RELEASE_ROUNDS {
                 tokio::time::sleep(LATE_RELEASE_DELAY).await;
-                locks.release_everywhere(&key, &token).await;
+                locks.release_everywhere(&key, &contended, &token).await;
             }
         });
     }
 
     /// Compare-and-delete on every node; failures are logged, the TTL cleans up after them.
-    async fn release_everywhere(&self, key: &str, token: &str) {
+    /// Returns whether any node saw the wallet marked contended.
+    async fn release_everywhere(&self, key: &str, contended: &str, token: &str) -> bool {
         let results = join_all(self.nodes.all().iter().map(|node| {
             let script = Arc::clone(&self.release);
-            node.call(async move |c| script.key(key).arg(token).invoke_async::<i64>(c).await)
+            node.call(async move |c| {
+                script
+                    .key(key)
+                    .key(contended)
+                    .arg(token)
+                    .invoke_async::<i64>(c)
+                    .await
+            })
         }))
         .await;
         for error in results.iter().filter_map(|r| r.as_ref().err()) {
             tracing::debug!(%error, "lock release failed on a node; its TTL will expire it");
+        }
+        results.iter().any(|r| matches!(r, Ok(1)))
+    }
+
+    /// After the Redis release: gives up the local turn at once, or — when another replica
+    /// waits and this one has had `lock.local_handoffs_max` turns in a row — after one back-off
+    /// period, so that replica's next attempt finds the wallet free.
+    fn hand_off(&self, mut local: LocalTurn, contended: bool) {
+        if !contended || local.turn.handoffs_in_a_row < self.handoffs_max {
+            return;
+        }
+        local.turn.handoffs_in_a_row = 0;
+        let pause = self.retry_delay_max + Duration::from_millis(5);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(pause).await;
+                drop(local);
+            });
         }
     }
 }
 
 /// A held wallet lock. Release it with [`WalletLockGuard::release`] after the commit; if the
 /// guard is dropped instead (an error path, a panic, a cancelled request) it releases itself
-/// in a background task.
+/// in a background task. Either way the local turn is given up only after the Redis release,
+/// so the next local request finds the key free.
 pub struct WalletLockGuard {
     held: Option<HeldLock>,
     mode: LockMode,
-    /// Dropped after the Redis release, so the next local request finds the key free.
-    _local: LocalTurn,
+    local: Option<LocalTurn>,
 }
 
 struct HeldLock {
     locks: WalletLocks,
     key: String,
+    contended: String,
     token: String,
     valid_until: Instant,
+}
+
+impl HeldLock {
+    async fn release(self, local: Option<LocalTurn>) {
+        let contended = self
+            .locks
+            .release_everywhere(&self.key, &self.contended, &self.token)
+            .await;
+        if let Some(local) = local {
+            self.locks.hand_off(local, contended);
+        }
+    }
 }
 
 impl WalletLockGuard {
     fn locked(
         locks: WalletLocks,
         key: String,
+        contended: String,
         token: String,
         validity: Duration,
         local: LocalTurn,
@@ -317,11 +447,12 @@ impl WalletLockGuard {
             held: Some(HeldLock {
                 locks,
                 key,
+                contended,
                 token,
                 valid_until: Instant::now() + validity,
             }),
             mode: LockMode::Redlock,
-            _local: local,
+            local: Some(local),
         }
     }
 
@@ -329,7 +460,7 @@ impl WalletLockGuard {
         Self {
             held: None,
             mode: LockMode::DatabaseOnly,
-            _local: local,
+            local: Some(local),
         }
     }
 
@@ -346,20 +477,20 @@ impl WalletLockGuard {
     }
 
     pub async fn release(mut self) {
+        let local = self.local.take();
         if let Some(held) = self.held.take() {
-            held.locks.release_everywhere(&held.key, &held.token).await;
+            held.release(local).await;
         }
     }
 }
 
 impl Drop for WalletLockGuard {
     fn drop(&mut self) {
+        let local = self.local.take();
         if let Some(held) = self.held.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(async move {
-                held.locks.release_everywhere(&held.key, &held.token).await;
-            });
+            runtime.spawn(held.release(local));
         }
     }
 }
@@ -368,43 +499,56 @@ impl Drop for WalletLockGuard {
 mod tests {
     use super::*;
 
-    fn turn(
-        queues: &Arc<LocalQueues>,
-        wallet: LockScope,
-        guard: tokio::sync::OwnedMutexGuard<()>,
-    ) -> LocalTurn {
-        LocalTurn {
-            queues: Arc::clone(queues),
-            wallet,
-            turn: Some(guard),
-        }
+    fn queues(depth_max: usize) -> Arc<LocalQueues> {
+        Arc::new(LocalQueues {
+            queues: Mutex::default(),
+            depth_max,
+        })
+    }
+
+    fn entries(queues: &LocalQueues) -> usize {
+        queues.queues.lock().unwrap().len()
     }
 
     #[tokio::test]
     async fn local_queues_serialise_one_wallet_and_forget_idle_ones() {
-        let queues = Arc::new(LocalQueues::default());
+        let queues = queues(8);
         let tenant = TenantId::generate();
         let (a, b) = (
             (tenant, WalletId::generate()),
             (tenant, WalletId::generate()),
         );
-        let first = turn(&queues, a, queues.queue(a).lock_owned().await);
+        let first_place = queues.enter(a).unwrap();
+        let first = Arc::clone(&first_place.turn).lock_owned().await;
         // Another wallet is independent; the same wallet waits.
-        let other = turn(&queues, b, queues.queue(b).lock_owned().await);
-        let waiting = queues.queue(a).lock_owned();
+        let other_place = queues.enter(b).unwrap();
+        let other = Arc::clone(&other_place.turn).lock_owned().await;
+        let second_place = queues.enter(a).unwrap();
+        let waiting = Arc::clone(&second_place.turn).lock_owned();
         let blocked = tokio::time::timeout(Duration::from_millis(20), waiting).await;
         assert!(
             blocked.is_err(),
             "a second turn on the same wallet must wait"
         );
         drop(first);
-        let second = turn(&queues, a, queues.queue(a).lock_owned().await);
+        drop(first_place);
+        let second = Arc::clone(&second_place.turn).lock_owned().await;
         drop(second);
+        drop(second_place);
         drop(other);
-        assert!(
-            queues.queues.lock().unwrap().is_empty(),
-            "idle queues are forgotten"
-        );
+        drop(other_place);
+        assert_eq!(entries(&queues), 0, "idle queues are forgotten");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_frees_a_place_on_leave() {
+        let queues = queues(2);
+        let wallet = (TenantId::generate(), WalletId::generate());
+        let one = queues.enter(wallet).unwrap();
+        let _two = queues.enter(wallet).unwrap();
+        assert!(matches!(queues.enter(wallet), Err(QueueFull { depth: 2 })));
+        drop(one);
+        assert!(queues.enter(wallet).is_ok());
     }
 
     #[test]

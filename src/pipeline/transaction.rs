@@ -1,8 +1,15 @@
-//! What can stop a pipeline transaction from committing, and what the client sees then.
+//! What every pipeline transaction shares: a connection and statements bounded by the
+//! request's deadline, the retry rule, and what can stop it from committing (with what the
+//! client sees then).
 
+use diesel_async::SimpleAsyncConnection;
+use diesel_async::pooled_connection::deadpool::Object;
+
+use super::deadline::Deadline;
 use super::idempotency::ClaimLost;
 use crate::api::error::ApiError;
 use crate::db::errors::{DbFailure, classify};
+use crate::db::{PgConn, PgPool};
 
 /// Times a transaction that failed with a serialization failure or deadlock is run in all.
 pub const TRANSACTION_ATTEMPTS_MAX: u32 = 3;
@@ -30,6 +37,36 @@ impl TxError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, TxError::Db(error) if classify(error) == DbFailure::Retryable)
     }
+
+    /// Whether attempt number `attempt` (from 1), which failed with this error, is worth
+    /// running again: a retryable conflict, attempts left, and time left before the deadline.
+    pub fn retry_after_attempt(&self, attempt: u32, deadline: &Deadline) -> bool {
+        self.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX && !deadline.remaining().is_zero()
+    }
+}
+
+/// A pooled connection, waiting no longer than the deadline (nor `database.pool_wait_timeout_ms`).
+pub async fn connection(pool: &PgPool, deadline: &Deadline) -> Result<Object<PgConn>, ApiError> {
+    deadline
+        .bound("a database connection", pool.get())
+        .await
+        .map_err(|passed| ApiError::Unavailable(passed.into()))?
+        .map_err(ApiError::from_pool)
+}
+
+/// The first statement of every pipeline transaction: no statement may run, and no row lock be
+/// waited for, past the request's deadline (`lock_timeout` also keeps its configured bound).
+pub async fn bound_statements(
+    conn: &mut PgConn,
+    deadline: &Deadline,
+    lock_timeout_ms: u64,
+) -> Result<(), diesel::result::Error> {
+    let left_ms = deadline.remaining_ms();
+    conn.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {left_ms}; SET LOCAL lock_timeout = {}",
+        lock_timeout_ms.min(left_ms)
+    ))
+    .await
 }
 
 impl From<TxError> for ApiError {

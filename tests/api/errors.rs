@@ -221,6 +221,9 @@ async fn duplicate_keys_inside_metadata_are_validation_failed() {
     assert_unchanged(&app, &wallet, &before).await;
 }
 
+/// API.md: a revoked key answers 401 at most 1 s later, on every replica.
+const REVOCATION_DELAY_MAX: Duration = Duration::from_secs(1);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_key_is_unauthorized_within_a_second() {
     let app = TestApp::spawn().await;
@@ -229,26 +232,30 @@ async fn a_revoked_key_is_unauthorized_within_a_second() {
     // Used once, so that the service has it cached.
     assert_problem(app.get_as(&key, &path).await, 404, "wallet_not_found").await;
     let key_id = walletd::domain::KeyId::parse(&key[3..35]).unwrap();
-    assert!(
+    assert_eq!(
         walletd::auth::keys::revoke_key(&mut app.db().await, key_id)
             .await
-            .unwrap()
+            .unwrap(),
+        walletd::auth::keys::Revoked::Now
     );
+    // Revoked in the database only (no Redis marker): the auth cache TTL bounds the delay,
+    // and API.md allows at most 1 s. A request sent 1 s or more after the revocation must be
+    // refused; earlier ones may still pass.
     let revoked = Instant::now();
     loop {
+        let sent = revoked.elapsed();
         let response = app.get_as(&key, &path).await;
         if response.status() == StatusCode::UNAUTHORIZED {
             assert_eq!(response.headers()["www-authenticate"], "Bearer");
             assert_problem(response, 401, "unauthorized").await;
             break;
         }
-        assert_problem(response, 404, "wallet_not_found").await;
         assert!(
-            revoked.elapsed() < Duration::from_millis(1500),
-            "a revoked key still works after {:?}",
-            revoked.elapsed()
+            sent < REVOCATION_DELAY_MAX,
+            "a revoked key still works in a request sent {sent:?} after the revocation"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_problem(response, 404, "wallet_not_found").await;
+        tokio::time::sleep(crate::helpers::POLL_INTERVAL).await;
     }
     // The tenant's other key, and other tenants, are unaffected.
     assert_eq!(app.get(&path).await.status(), StatusCode::NOT_FOUND);
@@ -1263,9 +1270,20 @@ async fn rate_limited_requests_get_429_with_retry_after_and_write_nothing() {
         "10 quick debits at 3/s were never limited"
     );
 
-    // Next window: a limited key executes afresh, then the state is checked (3 requests).
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = app.debit(&wallet, &limited_keys[0], "1.00").await;
+    // Next window: a limited key executes afresh (retried until the window turns, each 429
+    // writing nothing), then the state is checked (3 requests).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let response = loop {
+        let response = app.debit(&wallet, &limited_keys[0], "1.00").await;
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            break response;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rate-limit window never turned"
+        );
+        tokio::time::sleep(crate::helpers::POLL_INTERVAL).await;
+    };
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(!is_replayed(&response));
     executed += 1;

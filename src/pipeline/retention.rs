@@ -1,0 +1,96 @@
+//! Retention of stored answers: a bounded background job that drops the stored *bodies* of
+//! completed keys older than `idempotency.retention_hours` (at least 24, API.md), in batches.
+//!
+//! The key row, its fingerprint and its wallet are kept forever (state `expired`), so "one
+//! entry per key, ever" still holds and a very late retry answers 410
+//! `idempotency_key_expired` instead of executing again. Every replica runs the job; batches
+//! take their rows `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other or on a
+//! request. Times are bound from the application, never computed in the statement.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Integer, Timestamptz};
+use diesel_async::RunQueryDsl;
+
+use crate::config::IdempotencySettings;
+use crate::db::PgPool;
+use crate::metrics::Metrics;
+
+/// What one run of the job may do.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionPolicy {
+    pub retention: Duration,
+    pub batch_size: u32,
+    pub batches_per_run_max: u32,
+}
+
+impl RetentionPolicy {
+    pub fn from_settings(settings: &IdempotencySettings) -> Self {
+        Self {
+            retention: Duration::from_secs(settings.retention_hours.saturating_mul(3600)),
+            batch_size: settings.purge_batch_size,
+            batches_per_run_max: settings.purge_batches_per_run_max,
+        }
+    }
+}
+
+/// Runs the job every `interval` until the process ends. A failed run is logged and retried at
+/// the next interval; nothing depends on it finishing.
+pub async fn run_forever(
+    pool: PgPool,
+    metrics: std::sync::Arc<Metrics>,
+    policy: RetentionPolicy,
+    interval: Duration,
+) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match purge_expired_answers(&pool, policy, Utc::now()).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                metrics.record_purged(purged);
+                tracing::info!(purged, "dropped stored answers past retention");
+            }
+            Err(error) => tracing::warn!(%error, "purging stored answers failed; will retry"),
+        }
+    }
+}
+
+/// One run: at most `batches_per_run_max` batches of `batch_size` answers completed before
+/// `now - retention`. Returns how many answers were dropped.
+pub async fn purge_expired_answers(
+    pool: &PgPool,
+    policy: RetentionPolicy,
+    now: DateTime<Utc>,
+) -> anyhow::Result<u64> {
+    let retention = chrono::Duration::from_std(policy.retention)?;
+    let cutoff = now - retention;
+    let batch_size = i32::try_from(policy.batch_size).unwrap_or(i32::MAX);
+    let mut conn = pool.get().await?;
+    let mut purged: u64 = 0;
+    for _ in 0..policy.batches_per_run_max {
+        let dropped = diesel::sql_query(
+            "WITH batch AS ( \
+                 SELECT tenant_id, idempotency_key FROM idempotency_keys \
+                 WHERE state = 'completed' AND completed_at < $1 \
+                 ORDER BY completed_at LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED) \
+             UPDATE idempotency_keys k \
+             SET state = 'expired', response_body = NULL, expired_at = $3 \
+             FROM batch \
+             WHERE k.tenant_id = batch.tenant_id AND k.idempotency_key = batch.idempotency_key",
+        )
+        .bind::<Timestamptz, _>(cutoff)
+        .bind::<Integer, _>(batch_size)
+        .bind::<Timestamptz, _>(now)
+        .execute(&mut conn)
+        .await?;
+        purged += dropped as u64;
+        if dropped < policy.batch_size as usize {
+            break;
+        }
+    }
+    Ok(purged)
+}

@@ -1,0 +1,76 @@
+//! The readiness probe behind `/readyz`, run at most once per [`PROBE_AGE_MAX`] whatever the
+//! request rate: `/readyz` needs no authentication, so without this every call would take a
+//! pooled Postgres connection and a round trip to each Redis node away from debits.
+//!
+//! Concurrent callers that find the last result too old wait for one probe together (a single
+//! flight under an async mutex) and all get its result.
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+
+use crate::db::{self, PgPool};
+use crate::redis_nodes::RedisNodes;
+
+/// Oldest probe result `/readyz` serves.
+pub const PROBE_AGE_MAX: Duration = Duration::from_secs(1);
+
+/// What one probe found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// Postgres answers, takes writes and has every migration.
+    pub postgres_up: bool,
+    /// Each Redis node's label (`host:port`, never a password) and whether it answered.
+    pub redis: Vec<(String, bool)>,
+}
+
+#[derive(Default)]
+pub struct ReadinessProbe {
+    last: tokio::sync::Mutex<Option<(Instant, Probe)>>,
+}
+
+impl ReadinessProbe {
+    /// The latest probe result, probing again if it is older than [`PROBE_AGE_MAX`].
+    pub async fn current(&self, db: &PgPool, redis: &RedisNodes) -> Probe {
+        let mut last = self.last.lock().await;
+        if let Some((probed_at, probe)) = last.as_ref()
+            && probed_at.elapsed() < PROBE_AGE_MAX
+        {
+            return probe.clone();
+        }
+        let probe = probe(db, redis).await;
+        *last = Some((Instant::now(), probe.clone()));
+        probe
+    }
+}
+
+async fn probe(db: &PgPool, redis: &RedisNodes) -> Probe {
+    let (postgres_up, redis) = tokio::join!(
+        postgres_ready(db),
+        join_all(
+            redis
+                .all()
+                .iter()
+                .map(|node| async move { (node.label().to_owned(), node.ping().await) })
+        )
+    );
+    Probe { postgres_up, redis }
+}
+
+async fn postgres_ready(pool: &PgPool) -> bool {
+    let Ok(mut conn) = pool.get().await else {
+        return false;
+    };
+    let checks = async {
+        Ok::<_, anyhow::Error>(
+            db::migrations_applied(&mut conn).await? && db::accepts_writes(&mut conn).await?,
+        )
+    };
+    match checks.await {
+        Ok(ready) => ready,
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            false
+        }
+    }
+}
