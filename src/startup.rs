@@ -84,6 +84,7 @@ impl Application {
         let openapi = web::Data::new(api::openapi_json()?);
         tokio::spawn(retention::run_forever(
             state.db.clone(),
+            state.replay_cache.clone(),
             Arc::clone(&state.metrics),
             RetentionPolicy::from_settings(&settings.idempotency),
             Duration::from_secs(settings.idempotency.purge_interval_s),

@@ -52,7 +52,6 @@ impl BoundedText {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn text_bounds_and_control_characters() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::idempotency::{Fingerprint, IdempotentRequest, StoredResponse};
+use crate::domain::TenantId;
 use crate::redis_nodes::RedisNodes;
 
 /// What the cache knows about a key.
@@ -32,9 +33,32 @@ impl ReplayCache {
     }
 
     fn redis_key(request: &IdempotentRequest) -> String {
-        // Hashed: keys are client-chosen and may hold characters a Redis key should not.
-        let digest = Sha256::digest(request.key.as_str().as_bytes());
-        format!("walletd:idem:{}:{}", request.tenant, hex::encode(digest))
+        cache_key(request.tenant, request.key.as_str())
+    }
+
+    /// Drops the cached answers of keys whose stored answers were purged, so that a retry
+    /// learns at once that the key expired. Best effort: what stays expires with its TTL.
+    pub async fn forget(&self, keys: &[(TenantId, String)]) {
+        if keys.is_empty() {
+            return;
+        }
+        let cache_keys: Vec<String> = keys
+            .iter()
+            .map(|(tenant, key)| cache_key(*tenant, key))
+            .collect();
+        let dropped = self
+            .nodes
+            .primary()
+            .call(async |c| {
+                redis::cmd("DEL")
+                    .arg(&cache_keys)
+                    .query_async::<i64>(c)
+                    .await
+            })
+            .await;
+        if let Err(error) = dropped {
+            tracing::debug!(%error, "could not drop purged answers from the replay cache");
+        }
     }
 
     pub async fn lookup(&self, request: &IdempotentRequest) -> Option<Cached> {
@@ -76,6 +100,12 @@ impl ReplayCache {
             tracing::debug!(%error, "could not cache a replay");
         }
     }
+}
+
+/// Hashed: idempotency keys are client-chosen and may hold characters a Redis key should not.
+fn cache_key(tenant: TenantId, idempotency_key: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    format!("walletd:idem:{tenant}:{}", hex::encode(digest))
 }
 
 /// `fingerprint (32 bytes) || status (2 bytes, big endian) || body`.

@@ -10,11 +10,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Integer, Timestamptz};
+use diesel::QueryableByName;
+use diesel::sql_types::{Integer, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
+use super::replay_cache::ReplayCache;
 use crate::config::IdempotencySettings;
 use crate::db::PgPool;
+use crate::domain::TenantId;
 use crate::metrics::Metrics;
 
 /// What one run of the job may do.
@@ -39,6 +42,7 @@ impl RetentionPolicy {
 /// the next interval; nothing depends on it finishing.
 pub async fn run_forever(
     pool: PgPool,
+    replay_cache: ReplayCache,
     metrics: std::sync::Arc<Metrics>,
     policy: RetentionPolicy,
     interval: Duration,
@@ -47,7 +51,7 @@ pub async fn run_forever(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match purge_expired_answers(&pool, policy, Utc::now()).await {
+        match purge_expired_answers(&pool, &replay_cache, policy, Utc::now()).await {
             Ok(0) => {}
             Ok(purged) => {
                 metrics.record_purged(purged);
@@ -58,10 +62,20 @@ pub async fn run_forever(
     }
 }
 
+#[derive(QueryableByName)]
+struct PurgedKey {
+    #[diesel(sql_type = SqlUuid)]
+    tenant_id: uuid::Uuid,
+    #[diesel(sql_type = Text)]
+    idempotency_key: String,
+}
+
 /// One run: at most `batches_per_run_max` batches of `batch_size` answers completed before
-/// `now - retention`. Returns how many answers were dropped.
+/// `now - retention`, each batch's keys also dropped from the replay cache. Returns how many
+/// answers were dropped.
 pub async fn purge_expired_answers(
     pool: &PgPool,
+    replay_cache: &ReplayCache,
     policy: RetentionPolicy,
     now: DateTime<Utc>,
 ) -> anyhow::Result<u64> {
@@ -71,7 +85,7 @@ pub async fn purge_expired_answers(
     let mut conn = pool.get().await?;
     let mut purged: u64 = 0;
     for _ in 0..policy.batches_per_run_max {
-        let dropped = diesel::sql_query(
+        let purged_keys: Vec<PurgedKey> = diesel::sql_query(
             "WITH batch AS ( \
                  SELECT tenant_id, idempotency_key FROM idempotency_keys \
                  WHERE state = 'completed' AND completed_at < $1 \
@@ -80,15 +94,21 @@ pub async fn purge_expired_answers(
              UPDATE idempotency_keys k \
              SET state = 'expired', response_body = NULL, expired_at = $3 \
              FROM batch \
-             WHERE k.tenant_id = batch.tenant_id AND k.idempotency_key = batch.idempotency_key",
+             WHERE k.tenant_id = batch.tenant_id AND k.idempotency_key = batch.idempotency_key \
+             RETURNING k.tenant_id, k.idempotency_key",
         )
         .bind::<Timestamptz, _>(cutoff)
         .bind::<Integer, _>(batch_size)
         .bind::<Timestamptz, _>(now)
-        .execute(&mut conn)
+        .load(&mut conn)
         .await?;
-        purged += dropped as u64;
-        if dropped < policy.batch_size as usize {
+        let keys: Vec<(TenantId, String)> = purged_keys
+            .into_iter()
+            .map(|row| (TenantId::from_uuid(row.tenant_id), row.idempotency_key))
+            .collect();
+        replay_cache.forget(&keys).await;
+        purged += keys.len() as u64;
+        if keys.len() < policy.batch_size as usize {
             break;
         }
     }

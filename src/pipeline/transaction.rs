@@ -54,6 +54,10 @@ pub async fn connection(pool: &PgPool, deadline: &Deadline) -> Result<Object<PgC
         .map_err(ApiError::from_pool)
 }
 
+/// How much earlier than the statement timeout a row-lock wait gives up, so that a request
+/// that spent its deadline waiting for a row answers `lock_timeout`, which is what happened.
+const LOCK_WAIT_MARGIN_MS: u64 = 50;
+
 /// The first statement of every pipeline transaction: no statement may run, and no row lock be
 /// waited for, past the request's deadline (`lock_timeout` also keeps its configured bound).
 pub async fn bound_statements(
@@ -62,9 +66,11 @@ pub async fn bound_statements(
     lock_timeout_ms: u64,
 ) -> Result<(), diesel::result::Error> {
     let left_ms = deadline.remaining_ms();
+    let lock_wait_ms = lock_timeout_ms
+        .min(left_ms.saturating_sub(LOCK_WAIT_MARGIN_MS))
+        .max(1);
     conn.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {left_ms}; SET LOCAL lock_timeout = {}",
-        lock_timeout_ms.min(left_ms)
+        "SET LOCAL statement_timeout = {left_ms}; SET LOCAL lock_timeout = {lock_wait_ms}"
     ))
     .await
 }

@@ -1,7 +1,10 @@
+//! Layer 1: stored answers replayed byte for byte, keys bound to one request, leases.
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
-use crate::helpers::{TestApp, assert_problem};
+use crate::helpers::{TestApp, assert_problem, base_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_returns_the_same_status_and_bytes_with_the_new_request_id() {
@@ -212,10 +215,11 @@ async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
     app.assert_invariants(&wallet).await;
 }
 
-/// Numbers keep their exact text: two requests that differ only past f64 precision are two
-/// requests (the second is a reused key), and the metadata comes back exactly as sent.
+/// Metadata numbers are bounded (API.md Conventions: at most 15 significant digits): a number
+/// beyond what a double holds exactly is refused before anything is stored, so two requests
+/// can never differ only in digits that a reader would lose; the key stays free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn numbers_beyond_float_precision_are_distinct_requests() {
+async fn numbers_beyond_float_precision_are_refused_and_the_key_stays_free() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     let url = app.url(&format!("/v1/wallets/{wallet}/credit"));
@@ -230,19 +234,119 @@ async fn numbers_beyond_float_precision_are_distinct_requests() {
             ))
             .send()
     };
-    let first = send("123456789012345678901").await.unwrap();
+    assert_problem(
+        send("123456789012345678901").await.unwrap(),
+        400,
+        "validation_failed",
+    )
+    .await;
+    let first = send("123456789012345").await.unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
     let text = first.text().await.unwrap();
     assert!(
-        text.contains(r#""metadata":{"n":123456789012345678901}"#),
+        text.contains(r#""metadata":{"n":123456789012345}"#),
         "{text}"
     );
     assert_problem(
-        send("123456789012345678902").await.unwrap(),
+        send("123456789012346").await.unwrap(),
         422,
         "idempotency_key_reused",
     )
     .await;
-    let replay = send("123456789012345678901").await.unwrap();
+    let replay = send("123456789012345").await.unwrap();
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.text().await.unwrap(), text);
+}
+
+/// The replay cache's keys of one tenant: `walletd:idem:<tenant>:<sha256(key)>`
+/// (`src/pipeline/replay_cache.rs`), on the first Redis node.
+fn replay_cache_pattern(app: &TestApp) -> String {
+    format!("walletd:idem:{}:*", app.tenant_id)
+}
+
+fn replay_cache_key(app: &TestApp, idempotency_key: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    format!("walletd:idem:{}:{}", app.tenant_id, hex::encode(digest))
+}
+
+/// Deletes this tenant's replay-cache entries (SCAN + DEL: nothing of other tests is
+/// touched) and returns the deleted keys.
+async fn drop_replay_cache(app: &TestApp) -> Vec<String> {
+    let mut redis = redis::Client::open(base_settings().redis.urls[0].as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut found: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(replay_cache_pattern(app))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        found.extend(keys);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    for key in &found {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    found
+}
+
+/// Layer 1 without its Redis fast path: once the replay cache has forgotten a completed
+/// debit and a completed decline, a retry is answered from Postgres, the source of truth,
+/// with the same status, the same bytes and `Idempotent-Replayed: true`, and nothing executes
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_served_from_postgres_when_the_replay_cache_has_forgotten_it() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+
+    let first = app.debit(&wallet, "from-postgres", "30.00").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.bytes().await.unwrap();
+    let decline = app.debit(&wallet, "declined-from-postgres", "500.00").await;
+    assert_eq!(decline.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let decline_body = decline.bytes().await.unwrap();
+    let before = (app.wallet(&wallet).await, app.ledger(&wallet).await);
+
+    // Both answers were cached, and now they are not (else the replays below would prove
+    // nothing about Postgres).
+    let dropped = drop_replay_cache(&app).await;
+    for key in ["from-postgres", "declined-from-postgres"] {
+        assert!(
+            dropped.contains(&replay_cache_key(&app, key)),
+            "{key} was not in the replay cache: {dropped:?}"
+        );
+    }
+    assert!(drop_replay_cache(&app).await.is_empty());
+
+    let replay = app.debit(&wallet, "from-postgres", "30.00").await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+    let replay = app.debit(&wallet, "declined-from-postgres", "500.00").await;
+    assert_eq!(replay.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), decline_body);
+
+    assert_eq!(
+        (app.wallet(&wallet).await, app.ledger(&wallet).await),
+        before
+    );
+    assert_eq!(before.0["balance"], "70.00");
 }

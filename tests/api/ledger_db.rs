@@ -559,16 +559,17 @@ async fn a_second_ledger_entry_for_an_idempotency_key_is_impossible() {
         "idempotency_keys_pkey",
         Some("idempotency_keys_pkey"),
     );
-    // ...or by re-pointing the existing key row (the first entry still references it).
+    // ...or by re-pointing the existing key row (refused by the only-forward trigger, and
+    // behind it by the first entry's foreign key).
     assert_refused(
         conn.batch_execute(&format!(
             "UPDATE idempotency_keys SET wallet_id = '{second}' \
              WHERE tenant_id = '{tenant}' AND idempotency_key = '{debit_key}'"
         ))
         .await,
-        DatabaseErrorKind::ForeignKeyViolation,
-        "ledger_entries_key",
-        Some("ledger_entries_key"),
+        DatabaseErrorKind::RestrictViolation,
+        "tenant, key, fingerprint and wallet never change",
+        None,
     );
     // An entry whose key has no row at all.
     let unclaimed = new_key();

@@ -4,11 +4,14 @@
 mod cli;
 mod concurrency;
 mod errors;
+mod fairness;
 mod faults;
+mod hardening;
 mod helpers;
 mod idempotency;
 mod ledger_db;
 mod ops;
 mod redlock;
+mod row_lock;
 mod tenants;
 mod wallets;

@@ -245,28 +245,49 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
     assert_eq!(app.assert_invariants(&wallet).await.len(), 1002);
 }
 
-/// Metadata numbers survive the round trip through `jsonb`, even the largest finite float
-/// (Postgres renders it as a 309-digit integer).
+/// Metadata numbers at the edges of API.md's bounds survive the round trip through `jsonb`
+/// exactly; beyond them (the largest double, the smallest subnormal, a 30-digit integer)
+/// they are refused with 400 before anything is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extreme_metadata_numbers_round_trip() {
+async fn extreme_metadata_numbers_round_trip_or_are_refused() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
-    let body = r#"{"amount":"5.00","currency":"EUR","metadata":{"max":1.7976931348623157e308,"min":-1.7976931348623157e308,"tiny":5e-324,"big":123456789012345678901234567890}}"#;
-    let response = app
-        .client
-        .post(app.url(&format!("/v1/wallets/{wallet}/credit")))
-        .bearer_auth(&app.api_key)
-        .header("Idempotency-Key", new_key())
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let credit = async |metadata: &str| {
+        app.client
+            .post(app.url(&format!("/v1/wallets/{wallet}/credit")))
+            .bearer_auth(&app.api_key)
+            .header("Idempotency-Key", new_key())
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"amount":"5.00","currency":"EUR","metadata":{metadata}}}"#
+            ))
+            .send()
+            .await
+            .unwrap()
+    };
+    for beyond in [
+        r#"{"max":1.7976931348623157e308}"#,
+        r#"{"tiny":5e-324}"#,
+        r#"{"big":123456789012345678901234567890}"#,
+    ] {
+        assert_problem(credit(beyond).await, 400, "validation_failed").await;
+    }
+    let response = credit(
+        r#"{"max":999999999999999,"min":-999999999999999,"tiny":0.000001,"fine":123456.789012345}"#,
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let entry: Value = response.json().await.unwrap();
-    assert_eq!(entry["metadata"]["max"].as_f64(), Some(f64::MAX));
-    assert_eq!(entry["metadata"]["min"].as_f64(), Some(f64::MIN));
-    assert!(entry["metadata"]["tiny"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        entry["metadata"]["max"].as_f64(),
+        Some(999_999_999_999_999.0)
+    );
+    assert_eq!(
+        entry["metadata"]["min"].as_f64(),
+        Some(-999_999_999_999_999.0)
+    );
+    assert_eq!(entry["metadata"]["tiny"].to_string(), "0.000001");
+    assert_eq!(entry["metadata"]["fine"].to_string(), "123456.789012345");
     let fetched: Value = app
         .get(&format!(
             "/v1/transactions/{}",
@@ -277,4 +298,9 @@ async fn extreme_metadata_numbers_round_trip() {
         .await
         .unwrap();
     assert_eq!(fetched, entry);
+    assert_eq!(
+        app.ledger(&wallet).await.len(),
+        1,
+        "refused bodies stored nothing"
+    );
 }
