@@ -2,15 +2,22 @@
 //!
 //! Guard: `lock.local_handoffs_max` with the contended mark. Without it, the replica whose local
 //! queue holds the lock hands it from request to request at once, while the other replica's
-//! contender polls with random back-off and rarely finds the wallet free: it gets a small share
-//! and its requests run into `lock.wait_ms_max`.
+//! contender polls with random back-off and finds the wallet free only by luck: long runs of
+//! one replica's entries, and requests on the other that run into `lock.wait_ms_max`. Each
+//! entry's `reference` names the replica that served it, so the ledger shows the runs.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::future::join_all;
 use reqwest::StatusCode;
+use serde_json::json;
 
 use crate::helpers::{TestApp, new_key};
+
+const HANDOFFS_MAX: u32 = 4;
+/// Longest run of one replica's entries allowed while both still have requests waiting: the
+/// hand-off cap, plus the requests that were already past their Redis attempt, with slack.
+const RUN_MAX: usize = 3 * HANDOFFS_MAX as usize;
 
 const CLIENTS_PER_REPLICA: usize = 6;
 const DEBITS_PER_CLIENT: usize = 30;
@@ -20,6 +27,7 @@ async fn two_replicas_on_one_hot_wallet_both_get_a_share() {
     let tuned = |s: &mut walletd::config::Settings| {
         // Shorter than one replica's whole run of debits, so an unfair lock times out.
         s.lock.wait_ms_max = 1500;
+        s.lock.local_handoffs_max = HANDOFFS_MAX;
         s.database.pool_max_size = 8;
     };
     let first = TestApp::spawn_with(tuned).await;
@@ -38,8 +46,11 @@ async fn two_replicas_on_one_hot_wallet_both_get_a_share() {
         .flat_map(|(i, app)| {
             let (timeouts, served, wallet) = (&timeouts, &served, &wallet);
             (0..CLIENTS_PER_REPLICA).map(move |_| async move {
+                let path = format!("/v1/wallets/{wallet}/debit");
+                let body =
+                    json!({"amount": "1.00", "currency": "EUR", "reference": format!("replica-{i}")});
                 for _ in 0..DEBITS_PER_CLIENT {
-                    let response = app.debit(wallet, &new_key(), "1.00").await;
+                    let response = app.post(&path, &new_key(), &body).await;
                     match response.status() {
                         StatusCode::CREATED => {
                             served[i].fetch_add(1, Ordering::Relaxed);
@@ -65,5 +76,29 @@ async fn two_replicas_on_one_hot_wallet_both_get_a_share() {
         "no request timed out while the other replica was served (served {a} and {b})"
     );
     assert_eq!((a, b), (per_replica, per_replica));
-    first.assert_invariants(&wallet).await;
+
+    // In ledger order, while both replicas still had work, neither kept the wallet for long.
+    let ledger = first.assert_invariants(&wallet).await;
+    let served_by: Vec<&str> = ledger[1..]
+        .iter()
+        .map(|entry| {
+            entry["reference"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{entry}"))
+        })
+        .collect();
+    let both_busy_until = ["replica-0", "replica-1"]
+        .iter()
+        .map(|r| served_by.iter().rposition(|s| s == r).unwrap())
+        .min()
+        .unwrap();
+    let longest_run = served_by[..=both_busy_until]
+        .chunk_by(|x, y| x == y)
+        .map(<[&str]>::len)
+        .max()
+        .unwrap();
+    assert!(
+        longest_run <= RUN_MAX,
+        "one replica served {longest_run} entries in a row while the other waited"
+    );
 }
