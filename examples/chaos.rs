@@ -6,8 +6,16 @@
 //! per phase: one Redis node stopped, all Redis stopped, a Postgres restart, a SIGKILL and
 //! restart of replica 0, a SIGSTOP of replica 0 longer than the lock TTL (the other replica
 //! takes the expired locks meanwhile). Load keeps running during each fault and after it
-//! heals. Then every request without a decided answer (transport error, 5xx or 409 only) is
-//! retried with its same key, path and body, and the ledger is checked through the API alone:
+//! heals. Once every replica reports `ready` again (polled, bounded), every request without a
+//! decision is retried with its same key, path and body. A decision is the route's 201 or a
+//! stored decline (422 `insufficient_funds`, `currency_mismatch`, `wallet_closed`, 404
+//! `wallet_not_found`); anything that is not a decision and not a bug means "unanswered,
+//! nothing stored": no answer (connection refused or reset, the client's timeout, a cut-off
+//! body), 408 (e.g. the server was stopped while reading the body), 409 (the key's first
+//! request is still running), 429 and any 5xx. Any other status is a violation (a 400 to a
+//! valid request, 422 `idempotency_key_reused`, ...), and so is every 500, although it is
+//! retried too so that its key is still held to exactly once. Then the ledger is checked
+//! through the API alone:
 //!
 //! - every 201 ever acknowledged is in its wallet's ledger exactly once (else `lost`);
 //! - no idempotency key has two ledger entries (else `duplicated`);
@@ -70,11 +78,15 @@ const WALLETD_DEAD_FOR: Duration = Duration::from_secs(1);
 const SIGSTOP_FOR: Duration = Duration::from_millis(2500);
 
 /// walletd settings for the run: a short lock TTL (the SIGSTOP outlives it) and a short
-/// idempotency lease (> lock wait + statement timeout), so crashed requests free their keys fast.
+/// idempotency lease, so crashed requests free their keys fast. walletd refuses to start unless
+/// lock wait < request deadline < lease (the deadline bounds everything a request waits for,
+/// statements included), so the deadline is set too: its default (10 s) exceeds this lease.
 const LOCK_TTL_MS: u64 = 1000;
 const LOCK_WAIT_MS_MAX: u64 = 500;
 const STATEMENT_TIMEOUT_MS: u64 = 2000;
+const DEADLINE_MS: u64 = 2500;
 const LEASE_MS: u64 = 3000;
+const _: () = assert!(LOCK_WAIT_MS_MAX < DEADLINE_MS && DEADLINE_MS < LEASE_MS);
 
 /// Retry pass after each phase: per-request attempts and an overall bound.
 const RETRY_ATTEMPTS: u32 = 40;
@@ -82,6 +94,10 @@ const RETRY_PASS_MAX: Duration = Duration::from_secs(45);
 /// Decided requests re-sent per phase to prove their replay is byte-identical (besides every
 /// request that saw a fault, which are all re-sent).
 const REPLAY_SAMPLE: usize = 100;
+/// How long the replicas may take to report `ready` after a fault healed.
+const READY_MAX: Duration = Duration::from_secs(30);
+/// How long a GET of the checks is re-sent while it meets non-answers.
+const GET_RETRY_MAX: Duration = Duration::from_secs(20);
 /// Bounds on starting things.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -217,10 +233,15 @@ async fn run() -> anyhow::Result<bool> {
         lock(&book).pending.clear();
         let load_done = phase_started.elapsed();
 
+        let readiness = cluster.wait_ready().await;
+        let ready = phase_started.elapsed();
         let retried_now = retry_unresolved(&api, &book).await;
         let retry_done = phase_started.elapsed();
-        let report = checker.check(&api, &book, phase, &wallets).await?;
+        let mut report = checker.check(&api, &book, phase, &wallets).await?;
         let checked = phase_started.elapsed();
+        if let Err(problem) = readiness {
+            report.problems.push(problem);
+        }
 
         let stats = lock(&book).phase_stats(phase);
         println!(
@@ -242,12 +263,13 @@ async fn run() -> anyhow::Result<bool> {
         );
         eprintln!(
             "chaos:   {}: answers (with the replay checks) {}; fault at {:.1} s, healed at {:.1} s, load stopped at {:.1} s, \
-             retry pass ({retried_now} requests) done at {:.1} s, checks done at {:.1} s",
+             all replicas ready at {:.1} s, retry pass ({retried_now} requests) done at {:.1} s, checks done at {:.1} s",
             fault.name(),
             stats.histogram,
             injected.as_secs_f64(),
             healed.as_secs_f64(),
             load_done.as_secs_f64(),
+            ready.as_secs_f64(),
             retry_done.as_secs_f64(),
             checked.as_secs_f64(),
         );
@@ -255,7 +277,6 @@ async fn run() -> anyhow::Result<bool> {
             all_ok = false;
             report.print_problems();
         }
-        lock(&book).print_internal_errors(phase);
     }
 
     if !all_ok {
@@ -392,6 +413,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// Polls every replica's `/readyz` until it says `ready` (Postgres up and migrated, every
+    /// Redis node up), so that the retry pass and the checks start on a healed system rather
+    /// than after a fixed sleep. Bounded by `READY_MAX`; `Err` says which replica was not.
+    async fn wait_ready(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        for (replica, walletd) in self.walletd.iter().enumerate() {
+            let url = format!("{}/readyz", walletd.base_url());
+            loop {
+                let last = match walletd.http.get(&url).send().await {
+                    Ok(response) => {
+                        let status = response.status();
+                        let body = response.text().await.unwrap_or_default();
+                        let ready = serde_json::from_str::<Value>(&body)
+                            .is_ok_and(|v| v["status"].as_str() == Some("ready"));
+                        if status.is_success() && ready {
+                            break;
+                        }
+                        format!("{status} {body}")
+                    }
+                    Err(error) => error_chain(&error),
+                };
+                if started.elapsed() >= READY_MAX {
+                    return Err(format!(
+                        "replica {replica} not ready {READY_MAX:?} after the fault healed: {last}"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(started.elapsed())
+    }
+
     fn logs(&self) -> Vec<&Path> {
         let mut logs: Vec<&Path> = self.walletd.iter().map(|w| w.log.as_path()).collect();
         logs.push(&self.postgres.log);
@@ -455,14 +508,37 @@ impl Drop for TempDir {
     }
 }
 
-/// Binds `n` distinct free loopback ports at once, then lets them go.
+/// `n` distinct free loopback ports, bound at once and then let go. They are drawn from below
+/// the kernel's ephemeral range when there is room: a port of ours that is free for a while
+/// (a Redis node or walletd stopped, Postgres restarting) could otherwise become the local
+/// port of some outgoing connection or of another program's `bind(0)`, and the restart on it
+/// would fail.
 fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let mut listeners = Vec::new();
+    // Never anything that could be mistaken for the shared services.
+    const AVOID: [u16; 3] = [5432, 6379, 8080];
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let reserved = 10_000u16..ephemeral_low;
+    let mut listeners: Vec<std::net::TcpListener> = Vec::new();
+    let mut tries = 0;
     while listeners.len() < n {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        tries += 1;
+        let port = if reserved.len() >= 1000 && tries <= 1000 {
+            rand::random_range(reserved.clone())
+        } else {
+            0
+        };
+        if AVOID.contains(&port) {
+            continue;
+        }
+        let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) else {
+            ensure!(port != 0, "cannot bind any loopback port");
+            continue;
+        };
         let port = listener.local_addr()?.port();
-        // Never anything that could be mistaken for the shared services.
-        if port != 5432 && port != 6379 && port != 8080 {
+        if !AVOID.contains(&port) {
             listeners.push(listener);
         }
     }
@@ -809,6 +885,7 @@ impl Walletd {
                 "WALLETD__DATABASE__IDLE_IN_TRANSACTION_SESSION_TIMEOUT_MS",
                 "2000".to_owned(),
             ),
+            ("WALLETD__PIPELINE__DEADLINE_MS", DEADLINE_MS.to_string()),
             ("WALLETD__IDEMPOTENCY__LEASE_MS", LEASE_MS.to_string()),
             ("WALLETD__SERVER__SHUTDOWN_TIMEOUT_S", "1".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
@@ -980,7 +1057,10 @@ impl Api {
                 return Answer {
                     at,
                     replica,
-                    reply: Reply::Transport(error_chain(&error)),
+                    reply: Reply::Transport {
+                        error: error_chain(&error),
+                        timeout: error.is_timeout(),
+                    },
                 };
             }
         };
@@ -995,44 +1075,60 @@ impl Api {
                 replayed,
                 body: body.to_vec(),
             },
-            Err(error) => Reply::Transport(format!(
-                "status {status}, then reading the body: {}",
-                error_chain(&error)
-            )),
+            Err(error) => Reply::Transport {
+                error: format!(
+                    "status {status}, then reading the body: {}",
+                    error_chain(&error)
+                ),
+                timeout: error.is_timeout(),
+            },
         };
         Answer { at, replica, reply }
     }
 
-    /// A GET for the checks (the system is healthy by then); retried a few times.
+    /// A GET for the checks. The system has healed by then, but a request can still meet a
+    /// non-answer (transport error, 408, 409, 429, 502-504): re-sent with back-off until
+    /// `GET_RETRY_MAX`. Any other status is returned to the caller (a 500 included: a bug).
     async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
-        let mut last = String::new();
-        for attempt in 0..10u32 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-            let (_, base) = self.pick();
+        let deadline = Instant::now() + GET_RETRY_MAX;
+        let mut attempt = 0u32;
+        loop {
+            let (replica, base) = self.pick();
             let result = self
                 .client
                 .get(format!("{base}{path}"))
                 .bearer_auth(&self.api_key)
                 .send()
                 .await;
-            match result {
-                Ok(response) if response.status().is_server_error() => {
-                    last = format!("{}", response.status());
-                }
+            let last = match result {
                 Ok(response) => {
                     let status = response.status().as_u16();
-                    let bytes = response.bytes().await?;
-                    let value = serde_json::from_slice(&bytes).with_context(|| {
-                        format!("GET {path}: {status}: {}", String::from_utf8_lossy(&bytes))
-                    })?;
-                    return Ok((status, value));
+                    match response.bytes().await {
+                        Ok(_) if matches!(status, 408 | 409 | 429 | 502..=599) => {
+                            format!("replica {replica}: {status}")
+                        }
+                        Ok(bytes) => {
+                            let value = serde_json::from_slice(&bytes).with_context(|| {
+                                format!("GET {path}: {status}: {}", String::from_utf8_lossy(&bytes))
+                            })?;
+                            return Ok((status, value));
+                        }
+                        Err(error) => format!(
+                            "replica {replica}: {status}, then reading the body: {}",
+                            error_chain(&error)
+                        ),
+                    }
                 }
-                Err(error) => last = error_chain(&error),
-            }
+                Err(error) => format!("replica {replica}: {}", error_chain(&error)),
+            };
+            ensure!(
+                Instant::now() < deadline,
+                "GET {path}: no answer within {GET_RETRY_MAX:?} ({} attempts): {last}",
+                attempt + 1
+            );
+            tokio::time::sleep(back_off(attempt)).await;
+            attempt += 1;
         }
-        bail!("GET {path}: no answer after 10 attempts: {last}")
     }
 }
 
@@ -1053,7 +1149,9 @@ enum Reply {
         replayed: bool,
         body: Vec<u8>,
     },
-    Transport(String),
+    /// No complete answer: connection refused or reset, the client's timeout (`timeout`), or a
+    /// status whose body never fully arrived.
+    Transport { error: String, timeout: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -1067,58 +1165,55 @@ struct Answer {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    /// A decided answer the service stores and replays: 201, or a business decline.
+    /// A decision the service stores and replays: the route's 201, or a business decline
+    /// (422 `insufficient_funds`, `currency_mismatch`, `wallet_closed`; 404 `wallet_not_found`).
     Decided,
-    /// Retry with the same key: no answer, a 5xx, or 409 (the key's first request is running).
+    /// Not a decision, so nothing was stored: retry with the same key. No answer at all
+    /// (connection refused or reset, the client's timeout, a body cut off), 408 (the server gave
+    /// up reading our body, e.g. it was stopped mid-read), 409 (the key's first request is
+    /// still running), 429 (documented as retryable) and any 5xx. A 500 is retried too, so the
+    /// ledger checks still see its key through, but it is a bug: `check` reports it.
     Transient,
-    /// Anything else is a bug in the service or in this harness.
+    /// Anything else is a bug in the service or in this harness (a 400 to a valid request,
+    /// 422 `idempotency_key_reused`, 401, 404 `not_found`, an unexpected 2xx, ...).
     Unexpected,
 }
 
 impl Answer {
     fn class(&self) -> Class {
         match &self.reply {
-            Reply::Transport(_) => Class::Transient,
-            Reply::Http { status, body, .. } => match *status {
-                201 => Class::Decided,
-                409 | 500..=599 => Class::Transient,
-                422 | 404 => {
-                    let code = serde_json::from_slice::<Value>(body)
-                        .ok()
-                        .and_then(|v| v["code"].as_str().map(str::to_owned));
-                    match code.as_deref() {
-                        Some(
-                            "insufficient_funds" | "currency_mismatch" | "wallet_not_found"
-                            | "wallet_closed",
-                        ) => Class::Decided,
-                        _ => Class::Unexpected,
-                    }
-                }
-                _ => Class::Unexpected,
-            },
+            Reply::Transport { .. } => Class::Transient,
+            Reply::Http { status, body, .. } => classify(*status, body),
         }
+    }
+
+    /// A 500: retried like any 5xx, but "only a bug is a 500".
+    fn internal_error(&self) -> bool {
+        matches!(self.reply, Reply::Http { status: 500, .. })
     }
 
     fn label(&self) -> String {
         match &self.reply {
-            Reply::Transport(_) => "transport".to_owned(),
-            Reply::Http { status, body, .. } => {
-                let code = serde_json::from_slice::<Value>(body)
-                    .ok()
-                    .and_then(|v| v["code"].as_str().map(str::to_owned));
-                match code {
-                    Some(code) if *status != 201 => format!("{status}:{code}"),
-                    _ => status.to_string(),
-                }
-            }
+            Reply::Transport { timeout: true, .. } => "client_timeout".to_owned(),
+            Reply::Transport { .. } => "transport".to_owned(),
+            Reply::Http { status, body, .. } => match problem_code(body) {
+                Some(code) if *status != 201 => format!("{status}:{code}"),
+                _ => status.to_string(),
+            },
         }
     }
 
     fn describe(&self) -> String {
         match &self.reply {
-            Reply::Transport(error) => format!(
-                "+{:.3}s replica {} transport error: {error}",
-                self.at, self.replica
+            Reply::Transport { error, timeout } => format!(
+                "+{:.3}s replica {} {}: {error}",
+                self.at,
+                self.replica,
+                if *timeout {
+                    "client timeout"
+                } else {
+                    "transport error"
+                }
             ),
             Reply::Http {
                 status,
@@ -1136,6 +1231,32 @@ impl Answer {
             }
         }
     }
+}
+
+/// What an answer with `status` and `body` is to the driver, for the routes it sends (wallet
+/// creation, debit, credit: each answers 201 on success, never 200).
+fn classify(status: u16, body: &[u8]) -> Class {
+    match status {
+        201 => Class::Decided,
+        422 => match problem_code(body).as_deref() {
+            Some("insufficient_funds" | "currency_mismatch" | "wallet_closed") => Class::Decided,
+            // idempotency_key_reused (we never change a key's request) and anything unknown.
+            _ => Class::Unexpected,
+        },
+        404 => match problem_code(body).as_deref() {
+            Some("wallet_not_found") => Class::Decided,
+            _ => Class::Unexpected,
+        },
+        408 | 409 | 429 | 500..=599 => Class::Transient,
+        _ => Class::Unexpected,
+    }
+}
+
+/// The `code` of a problem+json body.
+fn problem_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["code"].as_str().map(str::to_owned))
 }
 
 /// One idempotent request (one key) and every answer it ever got.
@@ -1206,7 +1327,7 @@ struct PhaseStats {
     acknowledged: usize,
     declined: usize,
     retried: usize,
-    /// Requests that got a 500 at least once (retried like any 5xx, but a 500 is a bug).
+    /// Requests that got a 500 at least once (retried like any 5xx, but each is a violation).
     internal_errors: usize,
     histogram: String,
 }
@@ -1239,32 +1360,6 @@ impl Book {
         self.reqs.len() - 1
     }
 
-    /// A 500 is retried like any 5xx, but it means a bug ("only a bug is a 500"): show it.
-    fn print_internal_errors(&self, phase: usize) {
-        let with_500: Vec<&Req> = self
-            .reqs
-            .iter()
-            .filter(|r| r.phase == phase)
-            .filter(|r| {
-                r.answers
-                    .iter()
-                    .any(|a| matches!(a.reply, Reply::Http { status: 500, .. }))
-            })
-            .collect();
-        for req in with_500.iter().take(5) {
-            eprintln!(
-                "chaos: note: 500 internal_error (retried; a service bug):\n    {}",
-                req.describe()
-            );
-        }
-        if with_500.len() > 5 {
-            eprintln!(
-                "chaos: note: {} more requests got a 500",
-                with_500.len() - 5
-            );
-        }
-    }
-
     fn phase_stats(&self, phase: usize) -> PhaseStats {
         let mut stats = PhaseStats {
             requests: 0,
@@ -1278,11 +1373,7 @@ impl Book {
         for req in self.reqs.iter().filter(|r| r.phase == phase) {
             stats.requests += 1;
             stats.retried += usize::from(req.retried);
-            stats.internal_errors += usize::from(
-                req.answers
-                    .iter()
-                    .any(|a| matches!(a.reply, Reply::Http { status: 500, .. })),
-            );
+            stats.internal_errors += usize::from(req.answers.iter().any(Answer::internal_error));
             match req.decided().map(|a| &a.reply) {
                 Some(Reply::Http { status: 201, .. }) => stats.acknowledged += 1,
                 Some(_) => stats.declined += 1,
@@ -1316,20 +1407,24 @@ async fn send(api: &Api, book: &Shared, idx: usize) -> Class {
     class
 }
 
-/// Sends request `idx` until it has a decided answer (bounded attempts, back-off, deadline).
-async fn send_until_decided(api: &Api, book: &Shared, idx: usize, deadline: Instant) {
+/// Sends request `idx` until an answer is not transient (bounded attempts, back-off,
+/// deadline); returns the class of the last answer.
+async fn send_until_decided(api: &Api, book: &Shared, idx: usize, deadline: Instant) -> Class {
+    let mut class = Class::Transient;
     for attempt in 0..RETRY_ATTEMPTS {
-        if attempt > 0 {
-            lock(book).reqs[idx].retried = true;
-        }
-        let class = send(api, book, idx).await;
+        class = send(api, book, idx).await;
         if class != Class::Transient || Instant::now() >= deadline {
-            return;
+            break;
         }
-        let back_off = Duration::from_millis((200u64 << attempt.min(3)).min(1000))
-            + Duration::from_millis(rand::random_range(0..100));
-        tokio::time::sleep(back_off).await;
+        tokio::time::sleep(back_off(attempt)).await;
     }
+    class
+}
+
+/// 200 ms, 400 ms, 800 ms, then 1 s, plus up to 100 ms of jitter.
+fn back_off(attempt: u32) -> Duration {
+    Duration::from_millis((200u64 << attempt.min(3)).min(1000))
+        + Duration::from_millis(rand::random_range(0..100))
 }
 
 /// Creates and funds the wallets (phase 0), each request retried until decided.
@@ -1667,10 +1762,19 @@ impl Checker {
                     ));
                     continue;
                 }
+                // Retried to a decision like any 5xx (so the checks below still hold it to
+                // exactly once), but only a bug is a 500.
+                if req.answers.iter().any(Answer::internal_error) {
+                    report.problems.push(format!(
+                        "500 internal_error (a service bug):\n    {}",
+                        req.describe()
+                    ));
+                }
                 let Some(first) = req.decided() else {
                     report.unresolved += 1;
                     report.problems.push(format!(
-                        "no decided answer after {RETRY_ATTEMPTS} attempts:\n    {}",
+                        "no decision after {} attempts (the retry pass allows {RETRY_ATTEMPTS} within {RETRY_PASS_MAX:?}):\n    {}",
+                        req.answers.len(),
                         req.describe()
                     ));
                     continue;
@@ -1735,13 +1839,23 @@ impl Checker {
             ));
         }
 
-        // A replay now: the same status and bytes, marked as a replay.
+        // A replay now: the same status and bytes, marked as a replay. A replay that meets a
+        // non-decision (a 503 while a pool reconnects, say) is re-sent like any other request.
+        let deadline = Instant::now() + RETRY_PASS_MAX;
         let replays = futures_util::stream::iter(to_replay)
             .map(|idx| async move {
-                send(api, book, idx).await;
+                let before = lock(book).reqs[idx].answers.len();
+                send_until_decided(api, book, idx, deadline).await;
                 let book = lock(book);
                 let req = &book.reqs[idx];
-                let (Some(first), Some(last)) = (req.decided(), req.answers.last()) else {
+                let sent = &req.answers[before..];
+                if sent.iter().any(Answer::internal_error) {
+                    return Some(format!(
+                        "a replay got a 500 internal_error (a service bug):\n    {}",
+                        req.describe()
+                    ));
+                }
+                let (Some(first), Some(last)) = (req.decided(), sent.last()) else {
                     return None;
                 };
                 let replayed = matches!(last.reply, Reply::Http { replayed: true, .. });
@@ -1830,4 +1944,47 @@ fn wallet_invariants(id: &str, wallet: &Value, entries: &[Value]) -> anyhow::Res
         "available {available} (balance {balance}, held {held}, overdraft {overdraft})"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Class, classify};
+
+    #[test]
+    fn decisions_retries_and_bugs() {
+        let problem = |code: &str| format!(r#"{{"status":0,"code":"{code}"}}"#).into_bytes();
+        assert_eq!(classify(201, b"{}"), Class::Decided);
+        for code in ["insufficient_funds", "currency_mismatch", "wallet_closed"] {
+            assert_eq!(classify(422, &problem(code)), Class::Decided, "{code}");
+        }
+        assert_eq!(classify(404, &problem("wallet_not_found")), Class::Decided);
+        // Not decisions: retried with the same key.
+        assert_eq!(classify(408, b""), Class::Transient);
+        assert_eq!(classify(408, &problem("request_timeout")), Class::Transient);
+        assert_eq!(
+            classify(409, &problem("idempotency_key_in_progress")),
+            Class::Transient
+        );
+        assert_eq!(classify(429, &problem("rate_limited")), Class::Transient);
+        for status in [500, 502, 503, 504] {
+            assert_eq!(classify(status, b""), Class::Transient, "{status}");
+        }
+        // Bugs.
+        assert_eq!(
+            classify(422, &problem("idempotency_key_reused")),
+            Class::Unexpected
+        );
+        assert_eq!(
+            classify(422, &problem("wallet_not_found")),
+            Class::Unexpected
+        );
+        assert_eq!(classify(404, &problem("not_found")), Class::Unexpected);
+        assert_eq!(
+            classify(404, &problem("insufficient_funds")),
+            Class::Unexpected
+        );
+        for status in [200, 204, 301, 400, 401, 403, 405, 410, 413, 415] {
+            assert_eq!(classify(status, b"{}"), Class::Unexpected, "{status}");
+        }
+    }
 }
