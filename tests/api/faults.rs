@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, assert_problem, free_port, new_key};
+use crate::helpers::{TestApp, assert_problem, free_port, new_key, poll_until};
 
 /// A private Postgres cluster in a temp dir on a free port, for tests that stop and restart
 /// it (the shared server is never touched). Runs as `postgres` when the tests run as root.
@@ -273,8 +273,9 @@ async fn a_client_that_disconnects_mid_request_leaves_no_stuck_key() {
     let address = app.address.trim_start_matches("http://");
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
     socket.write_all(request.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(socket); // hang up while the request waits for the lock
+    // Hang up once the request has claimed its key: it is then waiting for the lock we hold.
+    app.wait_for_claim("hang-up").await;
+    drop(socket);
     lock.release().await;
 
     // The detached pipeline finishes by itself; a retry is answered from the store.
@@ -312,9 +313,9 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     app.fund(&wallet, "100.00").await;
     let (mut server, base) = serve_binary(&app, "warn", false).await;
 
-    // A request that will be in flight when SIGTERM arrives: it waits for a lock we hold.
-    // Held by "someone else" for 600 ms; it simply expires.
-    let _held = app.hold_wallet_lock(&wallet, 600).await;
+    // A request that will be in flight when SIGTERM arrives: it waits for a lock we hold
+    // until the server has stopped accepting connections.
+    let held = app.hold_wallet_lock(&wallet, 5000).await;
     let in_flight = {
         let client = app.client.clone();
         let (url, key) = (
@@ -331,7 +332,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.wait_for_claim("in-flight-at-sigterm").await;
     let pid = server.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -340,6 +341,18 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             .unwrap()
             .success()
     );
+    // Draining has begun once the listener is closed; only then may the request proceed.
+    let address = base.trim_start_matches("http://").to_owned();
+    poll_until(
+        "the server stops accepting connections",
+        Duration::from_secs(4),
+        || {
+            let address = address.clone();
+            async move { tokio::net::TcpStream::connect(address).await.is_err() }
+        },
+    )
+    .await;
+    held.release().await;
 
     let response = in_flight
         .await

@@ -1,9 +1,13 @@
 //! Test harness: a real walletd on port 0, its own Postgres database cloned from a migrated
-//! template, the shared Redis (keys are namespaced by random ids, so tests never collide).
+//! template, the shared Redis (keys are namespaced by random ids, so tests never collide), or
+//! private Redis nodes that a test starts and kills ([`PrivateRedis`]).
 
+use std::future::Future;
 use std::path::Path;
+use std::process::Stdio;
 use std::str::FromStr;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use reqwest::{Response, StatusCode};
@@ -153,36 +157,43 @@ impl TestApp {
         Self::spawn_on(fresh_database().await, adjust).await
     }
 
-    /// Spawns walletd against a database the caller prepared (migrated, e.g. a private cluster).
+    /// Spawns walletd against a database the caller prepared (migrated, e.g. a private cluster),
+    /// with a new tenant of its own.
     pub async fn spawn_on(database_url: String, adjust: impl FnOnce(&mut Settings)) -> Self {
-        let mut settings = base_settings();
-        settings.database.url = database_url.clone();
-        settings.database.pool_max_size = 8;
-        settings.server.bind = "127.0.0.1:0".into();
-        settings.server.workers = 2;
-        settings.server.shutdown_timeout_s = 1;
-        adjust(&mut settings);
-        Self::start(settings, database_url).await
-    }
-
-    async fn start(settings: Settings, database_url: String) -> Self {
-        let application = Application::build(&settings).expect("walletd builds");
-        let address = format!("http://127.0.0.1:{}", application.port());
-        tokio::spawn(application.run_until_stopped());
+        let settings = test_settings(&database_url, adjust);
         let mut conn = AsyncPgConnection::establish(&database_url).await.unwrap();
         let issued = keys::create_tenant(&mut conn, "test-tenant", &Scope::ALL)
             .await
             .unwrap();
+        Self::start(settings, database_url, issued.tenant_id, issued.api_key)
+    }
+
+    /// Another walletd process (a replica) on this app's database, serving this app's tenant
+    /// with this app's API key, with its own settings (e.g. its own Redis nodes).
+    pub async fn spawn_replica(&self, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let settings = test_settings(&self.database_url, adjust);
+        Self::start(
+            settings,
+            self.database_url.clone(),
+            self.tenant_id.clone(),
+            self.api_key.clone(),
+        )
+    }
+
+    fn start(settings: Settings, database_url: String, tenant_id: String, api_key: String) -> Self {
+        let application = Application::build(&settings).expect("walletd builds");
+        let address = format!("http://127.0.0.1:{}", application.port());
+        tokio::spawn(application.run_until_stopped());
         let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
+            .timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(64)
             .build()
             .unwrap();
         Self {
             address,
             database_url,
-            tenant_id: issued.tenant_id,
-            api_key: issued.api_key,
+            tenant_id,
+            api_key,
             client,
         }
     }
@@ -303,19 +314,93 @@ impl TestApp {
         .await
     }
 
-    /// `count` debits of `amount` (EUR) sent at once, each with its own key: (status, body).
+    /// POSTs `body` with `idempotency_key` until the answer is a decision: a shed answer (see
+    /// [`is_shed`]) is retried with the same key and body, as a client would, for at most
+    /// [`SHED_RETRIES_DEADLINE`].
+    pub async fn post_until_decided(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        body: &Value,
+    ) -> Decided {
+        let deadline = Instant::now() + SHED_RETRIES_DEADLINE;
+        let mut sheds = 0;
+        loop {
+            let response = self.post(path, idempotency_key, body).await;
+            let status = response.status();
+            let replayed = response.headers().get("idempotent-replayed").is_some();
+            let text = response.text().await.unwrap();
+            let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if !is_shed(status, &json) {
+                return Decided {
+                    status,
+                    body: json,
+                    text,
+                    replayed,
+                    sheds,
+                };
+            }
+            sheds += 1;
+            assert!(
+                Instant::now() < deadline,
+                "{path} with key {idempotency_key} still shed after {sheds} tries: {status} {text}"
+            );
+            tokio::time::sleep(shed_retry_delay(sheds)).await;
+        }
+    }
+
+    /// `count` debits of `amount` (EUR) sent at once, each with its own key, shed answers
+    /// retried until decided: (status, body) of each decision.
     pub async fn concurrent_debits(
         &self,
         wallet: &str,
         count: usize,
         amount: &str,
     ) -> Vec<(StatusCode, Value)> {
-        futures_util::future::join_all((0..count).map(|_| async move {
-            let response = self.debit(wallet, &new_key(), amount).await;
-            let status = response.status();
-            (status, response.json::<Value>().await.unwrap())
+        let path = format!("/v1/wallets/{wallet}/debit");
+        let body = json!({ "amount": amount, "currency": "EUR" });
+        futures_util::future::join_all((0..count).map(|_| {
+            let (path, body) = (&path, &body);
+            async move {
+                let decided = self.post_until_decided(path, &new_key(), body).await;
+                (decided.status, decided.body)
+            }
         }))
         .await
+    }
+
+    /// Waits until a request with `idempotency_key` has claimed it (an `in_progress` row of
+    /// this app's tenant): the request is then past layer 1, waiting for the lock or in its
+    /// transaction.
+    pub async fn wait_for_claim(&self, idempotency_key: &str) {
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut db = self.db().await;
+        let tenant = Uuid::parse_str(&self.tenant_id).unwrap();
+        let deadline = Instant::now() + CLAIM_WAIT_MAX;
+        loop {
+            let claimed = diesel::sql_query(
+                "SELECT count(*) AS n FROM idempotency_keys \
+                 WHERE tenant_id = $1 AND idempotency_key = $2 AND state = 'in_progress'",
+            )
+            .bind::<diesel::sql_types::Uuid, _>(tenant)
+            .bind::<diesel::sql_types::Text, _>(idempotency_key)
+            .get_result::<Count>(&mut db)
+            .await
+            .unwrap()
+            .n;
+            if claimed == 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no request claimed {idempotency_key} within {CLAIM_WAIT_MAX:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
     }
 
     pub async fn wallet(&self, wallet: &str) -> Value {
@@ -397,6 +482,75 @@ impl HeldLock {
     }
 }
 
+/// How long [`TestApp::post_until_decided`] keeps retrying shed answers.
+pub const SHED_RETRIES_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Pause before the first retry of a shed answer; it doubles with every further shed answer
+/// up to [`SHED_RETRY_DELAY_MAX`] (its `Retry-After: 1`), with jitter, so that hundreds of
+/// retrying clients do not spin on a busy wallet.
+const SHED_RETRY_DELAY_MIN: Duration = Duration::from_millis(20);
+const SHED_RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
+
+/// The pause before retry number `sheds` (1 for the first): exponential, capped, and drawn
+/// uniformly from its upper half.
+fn shed_retry_delay(sheds: u32) -> Duration {
+    use rand::Rng;
+    let ceiling = SHED_RETRY_DELAY_MIN
+        .saturating_mul(1 << sheds.saturating_sub(1).min(16))
+        .min(SHED_RETRY_DELAY_MAX);
+    rand::rng().random_range(ceiling / 2..=ceiling)
+}
+
+/// An answer the server gave without deciding the request (nothing executed, nothing stored):
+/// 409 `idempotency_key_in_progress`, 503 `lock_timeout`, 503 `unavailable`. A client retries
+/// it with the same key and body.
+pub fn is_shed(status: StatusCode, body: &Value) -> bool {
+    match status {
+        StatusCode::CONFLICT => body["code"] == "idempotency_key_in_progress",
+        StatusCode::SERVICE_UNAVAILABLE => {
+            body["code"] == "lock_timeout" || body["code"] == "unavailable"
+        }
+        _ => false,
+    }
+}
+
+/// The decision a request finally got (see [`TestApp::post_until_decided`]).
+#[derive(Debug)]
+pub struct Decided {
+    pub status: StatusCode,
+    /// The body parsed as JSON (`null` if it is not JSON).
+    pub body: Value,
+    /// The body exactly as sent.
+    pub text: String,
+    /// Whether `Idempotent-Replayed` was set.
+    pub replayed: bool,
+    /// How many shed answers came before the decision.
+    pub sheds: u32,
+}
+
+/// How long [`TestApp::wait_for_claim`] waits for a request to claim its key.
+const CLAIM_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// Pause between two looks at a state a test waits for.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Polls `condition` every [`POLL_INTERVAL`] until it holds; fails the test with `what` after
+/// `timeout`.
+pub async fn poll_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
 /// How many answers have this status (and, if given, this problem `code`).
 pub fn count_answers(
     answers: &[(StatusCode, Value)],
@@ -416,6 +570,18 @@ pub fn dec(value: &Value) -> Decimal {
             .unwrap_or_else(|| panic!("{value} is not a string")),
     )
     .unwrap()
+}
+
+/// Test settings: port 0, a small pool, two workers, a quick shutdown; then `adjust`.
+fn test_settings(database_url: &str, adjust: impl FnOnce(&mut Settings)) -> Settings {
+    let mut settings = base_settings();
+    settings.database.url = database_url.to_owned();
+    settings.database.pool_max_size = 8;
+    settings.server.bind = "127.0.0.1:0".into();
+    settings.server.workers = 2;
+    settings.server.shutdown_timeout_s = 1;
+    adjust(&mut settings);
+    settings
 }
 
 /// A loopback port that was free a moment ago (bind to port 0, read it, release it).
@@ -445,4 +611,137 @@ pub async fn assert_problem(response: Response, status: u16, code: &str) -> Valu
     assert_eq!(body["status"], status);
     assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
     body
+}
+
+/// How long a node may take to answer its first PING.
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One private `redis-server` child on a free loopback port. Killed when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = tokio::process::Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server is on PATH");
+            let deadline = Instant::now() + NODE_START_TIMEOUT;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    // Lost the port to someone else between probe and bind: pick another.
+                    break;
+                }
+                if ping(port).await {
+                    return Self {
+                        port,
+                        child: Some(child),
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on port {port} did not answer PING"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("could not start a private redis-server");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn label(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the node and waits until it is gone (its port no longer answers).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("redis-server killed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ping(self.port).await {
+            assert!(
+                Instant::now() < deadline,
+                "node {} still answers",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Holds `key` on this node as another lock owner would (`SET NX PX`).
+    pub async fn hold(&self, key: &str, token: &str) {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+        assert_eq!(set.as_deref(), Some("OK"), "{key} was already held");
+    }
+
+    pub async fn get(&self, key: &str) -> Option<String> {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap()
+    }
+
+    pub async fn del(&self, key: &str) {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Whether a Redis server on `port` answers PING within 500 ms.
+pub async fn ping(port: u16) -> bool {
+    let attempt = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), attempt).await,
+        Ok(Some(pong)) if pong == "PONG"
+    )
 }
