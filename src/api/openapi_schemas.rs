@@ -25,6 +25,10 @@ use utoipa::{IntoParams, PartialSchema, ToResponse, ToSchema};
 use super::error::PROBLEM_JSON;
 use super::wallets::{CreateWalletBody, EntryBody};
 use crate::domain::Currency;
+use crate::domain::metadata::{
+    METADATA_CANONICAL_BYTES_MAX, METADATA_DEPTH_MAX, METADATA_MEMBERS_MAX,
+    METADATA_NUMBER_DIGITS_MAX,
+};
 
 /// 1-255 printable ASCII characters. HTTP strips whitespace around a header value, so a key
 /// cannot begin or end with a space on the wire.
@@ -183,38 +187,77 @@ impl ToSchema for EntryBody {
 
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
         schemas.push(("Metadata".into(), metadata_schema()));
-        schemas.push(("MetadataValue".into(), metadata_value_schema()));
+        schemas.push(("MetadataNumber".into(), metadata_number_schema()));
+        for level in METADATA_VALUE_LEVELS {
+            schemas.push((metadata_value_name(level), metadata_value_schema(level)));
+        }
     }
 }
 
-/// `metadata`: a JSON object (or `null`, the same as absent) without NUL characters anywhere.
+/// The levels a metadata member can sit at (the metadata object itself is level 1): a value at
+/// level 6 can only be a scalar, which is how the schema states "at most 5 levels".
+const METADATA_VALUE_LEVELS: std::ops::RangeInclusive<usize> = 2..=METADATA_DEPTH_MAX + 1;
+
+fn metadata_value_name(level: usize) -> String {
+    format!("MetadataValueLevel{level}")
+}
+
+/// `metadata`: a JSON object (or `null`, the same as absent), bounded as API.md states.
 fn metadata_schema() -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(nullable(Type::Object))
+        .max_properties(Some(METADATA_MEMBERS_MAX))
         .property_names(Some(string().pattern(Some(NO_NUL))))
-        .additional_properties(Some(Ref::from_schema_name("MetadataValue")))
-        .description(Some(
-            "Any JSON object, stored and returned as Postgres jsonb normalises it; no NUL \
-             characters in keys or strings",
-        ))
+        .additional_properties(Some(Ref::from_schema_name(metadata_value_name(2))))
+        .description(Some(format!(
+            "A JSON object of at most {METADATA_MEMBERS_MAX} members and {METADATA_DEPTH_MAX} \
+             levels (this object is level 1; arrays count), at most \
+             {METADATA_CANONICAL_BYTES_MAX} bytes in RFC 8785 form, no NUL characters. \
+             Numbers: finite, at most {METADATA_NUMBER_DIGITS_MAX} significant digits, 0 or \
+             10^-6 <= |x| < 10^15; stored and returned in RFC 8785 form."
+        )))
         .into()
 }
 
-fn metadata_value_schema() -> RefOr<Schema> {
+/// 0, or 10^-6 <= |x| < 10^15 (the 15-significant-digit rule has no JSON Schema keyword).
+fn metadata_number_schema() -> RefOr<Schema> {
+    let number = || ObjectBuilder::new().schema_type(Type::Number);
     let any_of = AnyOfBuilder::new()
+        .item(number().enum_values(Some([0])))
+        .item(
+            number()
+                .minimum(Some(0.000_001))
+                .exclusive_maximum(Some(1e15)),
+        )
+        .item(
+            number()
+                .maximum(Some(-0.000_001))
+                .exclusive_minimum(Some(-1e15)),
+        );
+    RefOr::T(Schema::AnyOf(any_of.build()))
+}
+
+/// A metadata value at `level`: a scalar, or (up to level 5) an array or object of values one
+/// level deeper.
+fn metadata_value_schema(level: usize) -> RefOr<Schema> {
+    let mut any_of = AnyOfBuilder::new()
         .item(string().pattern(Some(NO_NUL)))
+        .item(Ref::from_schema_name("MetadataNumber"))
         .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
-            Type::Number,
             Type::Boolean,
             Type::Null,
-        ])))
-        .item(ArrayBuilder::new().items(Ref::from_schema_name("MetadataValue")))
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Object)
-                .property_names(Some(string().pattern(Some(NO_NUL))))
-                .additional_properties(Some(Ref::from_schema_name("MetadataValue"))),
-        );
+        ])));
+    if level <= METADATA_DEPTH_MAX {
+        let deeper = || Ref::from_schema_name(metadata_value_name(level + 1));
+        any_of = any_of
+            .item(ArrayBuilder::new().items(deeper()))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .property_names(Some(string().pattern(Some(NO_NUL))))
+                    .additional_properties(Some(deeper())),
+            );
+    }
     RefOr::T(Schema::AnyOf(any_of.build()))
 }
 
