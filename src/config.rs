@@ -9,6 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Deserialize;
 
+/// Longest answer retention accepted (ten years): beyond it the arithmetic is not worth risking.
+const RETENTION_HOURS_MAX: u64 = 24 * 366 * 10;
+
 /// `config/default.toml`, compiled in.
 const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -213,8 +216,8 @@ impl Settings {
         );
         // API.md: stored answers are kept at least 24 hours.
         ensure!(
-            self.idempotency.retention_hours >= 24,
-            "idempotency.retention_hours must be >= 24"
+            (24..=RETENTION_HOURS_MAX).contains(&self.idempotency.retention_hours),
+            "idempotency.retention_hours must be from 24 to {RETENTION_HOURS_MAX}"
         );
         ensure!(
             self.idempotency.replay_cache_ttl_s <= self.idempotency.retention_hours * 3600,

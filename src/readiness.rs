@@ -38,8 +38,21 @@ impl ReadinessProbe {
         {
             return probe.clone();
         }
-        let probe = probe(db, redis).await;
-        *last = Some((Instant::now(), probe.clone()));
+        // Stamped before probing, and the probe bounded by the same age: what is served is
+        // never older than PROBE_AGE_MAX plus one probe. A probe that does not finish in time
+        // counts as everything down.
+        let probed_at = Instant::now();
+        let probe = tokio::time::timeout(PROBE_AGE_MAX, probe(db, redis))
+            .await
+            .unwrap_or_else(|_| Probe {
+                postgres_up: false,
+                redis: redis
+                    .all()
+                    .iter()
+                    .map(|node| (node.label().to_owned(), false))
+                    .collect(),
+            });
+        *last = Some((probed_at, probe.clone()));
         probe
     }
 }

@@ -243,20 +243,15 @@ fn metadata_value_schema(level: usize) -> RefOr<Schema> {
     let mut any_of = AnyOfBuilder::new()
         .item(string().pattern(Some(NO_NUL)))
         .item(Ref::from_schema_name("MetadataNumber"))
-        .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
-            Type::Boolean,
-            Type::Null,
-        ])));
+        .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Boolean, Type::Null])));
     if level <= METADATA_DEPTH_MAX {
         let deeper = || Ref::from_schema_name(metadata_value_name(level + 1));
-        any_of = any_of
-            .item(ArrayBuilder::new().items(deeper()))
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Object)
-                    .property_names(Some(string().pattern(Some(NO_NUL))))
-                    .additional_properties(Some(deeper())),
-            );
+        any_of = any_of.item(ArrayBuilder::new().items(deeper())).item(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property_names(Some(string().pattern(Some(NO_NUL))))
+                .additional_properties(Some(deeper())),
+        );
     }
     RefOr::T(Schema::AnyOf(any_of.build()))
 }

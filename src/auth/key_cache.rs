@@ -5,11 +5,12 @@
 //!   that bounds how long a revocation takes to reach a replica without Redis.
 //! - **Unknown key ids** are remembered for `auth.negative_cache_ttl_ms`, so a client repeating
 //!   a made-up or deleted key id costs one lookup per TTL, not one per request. Key ids are
-//!   random server-issued UUIDs, so a "not found" answer cannot hide a key created later
-//!   except by a guess of 122 random bits.
-//! - **Lookups** that do reach Postgres are capped at `auth.lookups_concurrent_max` at once,
-//!   so a flood of distinct unknown ids holds at most that many pooled connections; the rest
-//!   wait at most `auth.lookup_wait_ms_max` and then answer 503.
+//!   server-issued UUIDv7s (74 random bits), so a "not found" answer cannot hide a key
+//!   created later except by a lucky guess.
+//! - **Lookups** of ids never seen before are capped at `auth.lookups_concurrent_max` at once,
+//!   so a flood of distinct made-up ids holds at most that many pooled connections; the rest
+//!   wait at most `auth.lookup_wait_ms_max` and then answer 503. Refreshes of keys seen before
+//!   skip that queue, so such a flood never locks real callers out.
 //!
 //! Both maps are bounded by entry count; a full map is cleared rather than grown (expired
 //! entries first), and the negative map is separate so that a flood of unknown ids can never
@@ -95,7 +96,9 @@ impl KeyCache {
             .map(|_| Cached::Unknown)
     }
 
-    pub fn put_known(&self, key: KeyId, entry: KnownKey) {
+    /// Caches a key row read from Postgres by a query that started at `queried_at` (the entry
+    /// ages from then, so a revocation committed during the query is seen within the TTL).
+    pub fn put_known(&self, key: KeyId, entry: KnownKey, queried_at: Instant) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= KNOWN_KEYS_MAX {
             let ttl = self.known_ttl;
@@ -104,7 +107,16 @@ impl KeyCache {
                 known.clear();
             }
         }
-        known.insert(key, (Instant::now(), entry));
+        known.insert(key, (queried_at, entry));
+    }
+
+    /// Whether `key` was seen in Postgres before (its entry may have expired): such lookups are
+    /// refreshes of real keys and do not queue behind lookups of made-up ones.
+    pub fn was_known(&self, key: KeyId) -> bool {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&key)
     }
 
     /// Remembers that `key` does not exist; true if the map was full and had to be cleared.
@@ -178,6 +190,7 @@ mod tests {
                 secret_hash: vec![0; 32],
                 caller: None,
             },
+            Instant::now(),
         );
         let clears = (0..UNKNOWN_KEYS_MAX + 10)
             .filter(|_| cache.put_unknown(KeyId::generate()))

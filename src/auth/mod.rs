@@ -10,6 +10,7 @@ pub mod keys;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Instant;
 
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
@@ -58,14 +59,15 @@ async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, A
     known.caller.ok_or(ApiError::Unauthorized)
 }
 
-/// The key's row from Postgres, within the cache's cap on concurrent lookups; the answer,
-/// found or not, is cached.
+/// The key's row from Postgres — for ids never seen before, within the cache's cap on
+/// concurrent lookups; the answer, found or not, is cached.
 async fn look_up(state: &AppState, key: KeyId) -> Result<KnownKey, ApiError> {
-    let _slot = state
-        .key_cache
-        .lookup_slot()
-        .await
-        .map_err(|busy| ApiError::Unavailable(busy.into()))?;
+    let _slot = if state.key_cache.was_known(key) {
+        None
+    } else {
+        let slot = state.key_cache.lookup_slot().await;
+        Some(slot.map_err(|busy| ApiError::Unavailable(busy.into()))?)
+    };
     // Requests with the same id may have queued for a slot together: the first one's answer
     // serves the rest.
     match state.key_cache.get(key) {
@@ -74,6 +76,7 @@ async fn look_up(state: &AppState, key: KeyId) -> Result<KnownKey, ApiError> {
         None => {}
     }
     let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
+    let queried_at = Instant::now();
     let Some(row) = keys::find_key(&mut conn, key)
         .await
         .map_err(ApiError::from_db)?
@@ -93,7 +96,7 @@ async fn look_up(state: &AppState, key: KeyId) -> Result<KnownKey, ApiError> {
             scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
         }),
     };
-    state.key_cache.put_known(key, known.clone());
+    state.key_cache.put_known(key, known.clone(), queried_at);
     Ok(known)
 }
 

@@ -60,7 +60,8 @@ fn classify_message(message: &str) -> DbFailure {
     } else if message == "deadlock detected" {
         DbFailure::Retryable
     } else if UNAVAILABLE_PREFIXES.iter().any(|p| message.starts_with(p))
-        || message.ends_with("in a read-only transaction")
+        // 53100 in any wording (a temporary file, a shared memory segment, WAL).
+        || message.ends_with("No space left on device")
     {
         DbFailure::Unavailable
     } else {
@@ -84,10 +85,6 @@ mod tests {
         );
         assert_eq!(classify_message("deadlock detected"), DbFailure::Retryable);
         assert_eq!(
-            classify_message("cannot execute INSERT in a read-only transaction"),
-            DbFailure::Unavailable
-        );
-        assert_eq!(
             classify_message("could not extend file \"base/1/2\": No space left on device"),
             DbFailure::Unavailable
         );
@@ -101,6 +98,10 @@ mod tests {
         );
         assert_eq!(
             classify_message("the database system is shutting down"),
+            DbFailure::Unavailable
+        );
+        assert_eq!(
+            classify_message("could not write block 7 of temporary file: No space left on device"),
             DbFailure::Unavailable
         );
     }

@@ -1,6 +1,7 @@
 //! Client `metadata`: a JSON object, bounded where it is parsed (API.md, Conventions) so that
-//! what is stored and returned is never larger than what was sent and reads back as the same
-//! value in every language.
+//! what is stored and returned stays within 16,384 canonical bytes (a number may print longer
+//! than it was sent, `1e14` as `100000000000000`, but never without bound) and reads back as
+//! the same value in every language.
 //!
 //! Why each bound: a JSON number is a few bytes in and can be 100 KB out of `jsonb` (`1e100000`)
 //! or fail inside the transaction (`1e200000`), so numbers are limited to what an IEEE double

@@ -9,6 +9,7 @@ use super::idempotency::{Claim, StoredResponse};
 use super::transaction::{self, TxError};
 use crate::api::error::ApiError;
 use crate::api::representations::Wallet;
+use crate::config::DatabaseSettings;
 use crate::db::models::{NewWallet, WalletRow};
 use crate::db::schema::wallets;
 use crate::db::{PgConn, PgPool};
@@ -26,15 +27,20 @@ pub async fn create_wallet(
     claim: &Claim,
     command: &CreateWalletCommand,
     deadline: Deadline,
-    lock_timeout_ms: u64,
+    database: &DatabaseSettings,
 ) -> Result<StoredResponse, ApiError> {
     let mut conn = transaction::connection(pool, &deadline).await?;
-    conn.transaction(async |c| {
-        transaction::bound_statements(c, &deadline, lock_timeout_ms).await?;
-        create_once(c, claim, command).await
+    transaction::within_deadline(&deadline, async {
+        conn.transaction(async |c| {
+            transaction::bound_statements(c, &deadline, database)
+                .await
+                .map_err(TxError::Db)?;
+            create_once(c, claim, command).await
+        })
+        .await
+        .map_err(ApiError::from)
     })
     .await
-    .map_err(ApiError::from)
 }
 
 async fn create_once(

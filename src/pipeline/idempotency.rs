@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::deadline::Deadline;
+use super::transaction;
 use crate::api::error::ApiError;
 use crate::db::{PgConn, PgPool};
 use crate::domain::{IdempotencyKey, TenantId, WalletId};
@@ -143,11 +144,7 @@ pub async fn begin(
     lease: Duration,
     deadline: Deadline,
 ) -> Result<Begin, ApiError> {
-    let mut conn = deadline
-        .bound("a database connection", pool.get())
-        .await
-        .map_err(|passed| ApiError::Unavailable(passed.into()))?
-        .map_err(ApiError::from_pool)?;
+    let mut conn = transaction::connection(pool, &deadline).await?;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     for _ in 0..CLAIM_ATTEMPTS_MAX {
         let token = Uuid::new_v4();
@@ -243,7 +240,9 @@ pub async fn begin(
                     tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
                     return Ok(Begin::Claimed(claim(pool, request, token)));
                 }
-                return Err(ApiError::IdempotencyKeyInProgress);
+                // Not taken over: the first request is still in its transaction (row locked),
+                // or the key moved on (completed, freed, taken by another twin). Look again;
+                // CLAIM_ATTEMPTS_MAX bounds the rounds, and running out is 409.
             }
             (state, ..) => {
                 return Err(ApiError::Internal(anyhow::anyhow!(

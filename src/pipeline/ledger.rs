@@ -15,6 +15,7 @@ use super::idempotency::{Claim, StoredResponse};
 use super::transaction::{self, TxError};
 use crate::api::error::ApiError;
 use crate::api::representations::Transaction;
+use crate::config::DatabaseSettings;
 use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
 use crate::db::{PgConn, PgPool};
@@ -128,25 +129,30 @@ pub async fn post_entry(
     claim: &Claim,
     command: &EntryCommand,
     deadline: Deadline,
-    lock_timeout_ms: u64,
+    database: &DatabaseSettings,
 ) -> Result<StoredResponse, ApiError> {
     let mut conn = transaction::connection(pool, &deadline).await?;
-    let mut attempt = 1;
-    loop {
-        let outcome = conn
-            .transaction(async |c| {
-                transaction::bound_statements(c, &deadline, lock_timeout_ms).await?;
-                post_entry_once(c, claim, command).await
-            })
-            .await;
-        match outcome {
-            Err(error) if error.retry_after_attempt(attempt, &deadline) => {
-                tracing::info!(%error, attempt, "transaction conflict; retrying");
-                attempt += 1;
+    transaction::within_deadline(&deadline, async {
+        let mut attempt = 1;
+        loop {
+            let outcome = conn
+                .transaction(async |c| {
+                    transaction::bound_statements(c, &deadline, database)
+                        .await
+                        .map_err(TxError::Db)?;
+                    post_entry_once(c, claim, command).await
+                })
+                .await;
+            match outcome {
+                Err(error) if error.retry_after_attempt(attempt, &deadline) => {
+                    tracing::info!(%error, attempt, "transaction conflict; retrying");
+                    attempt += 1;
+                }
+                other => return other.map_err(ApiError::from),
             }
-            other => return other.map_err(ApiError::from),
         }
-    }
+    })
+    .await
 }
 
 async fn post_entry_once(

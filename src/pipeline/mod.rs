@@ -96,8 +96,8 @@ pub async fn execute_entry(
         .record_lock_wait(wait_started.elapsed(), lock_outcome(Ok(guard.mode())));
 
     // 3 + 4. Row lock, key re-claim, in-lock balance check, one commit.
-    let lock_timeout_ms = state.settings.database.lock_timeout_ms;
-    let result = ledger::post_entry(&state.db, &claim, &command, deadline, lock_timeout_ms).await;
+    let database = &state.settings.database;
+    let result = ledger::post_entry(&state.db, &claim, &command, deadline, database).await;
     if guard.expired() {
         tracing::warn!(wallet = %command.wallet, "Redis lock expired before the commit; the row lock kept the ledger consistent");
     }
@@ -123,9 +123,9 @@ pub async fn execute_create_wallet(
         Begin::Claimed(claim) => claim,
         Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
     };
-    let lock_timeout_ms = state.settings.database.lock_timeout_ms;
+    let database = &state.settings.database;
     let result =
-        create_wallet::create_wallet(&state.db, &claim, &command, deadline, lock_timeout_ms).await;
+        create_wallet::create_wallet(&state.db, &claim, &command, deadline, database).await;
     let stored = settle(claim, result).await?;
     state.replay_cache.store(&request, &stored).await;
     Ok(Outcome::Executed(stored))
@@ -173,7 +173,14 @@ async fn claim_or_replay(
     operation: &str,
     deadline: Deadline,
 ) -> Result<Begin, ApiError> {
-    let begun = idempotency::begin(&state.db, request, state.idempotency_lease, deadline).await?;
+    let lease = state.idempotency_lease;
+    // Bounded as a whole: a round that outlives the deadline may leave a marker it never
+    // learned of, which frees itself when its lease lapses.
+    let begun = transaction::within_deadline(
+        &deadline,
+        idempotency::begin(&state.db, request, lease, deadline),
+    )
+    .await?;
     if let Begin::Replay(stored) = &begun {
         state.replay_cache.store(request, stored).await;
         state.metrics.record_replay(operation);

@@ -5,13 +5,13 @@
 //! entry per key, ever" still holds and a very late retry answers 410
 //! `idempotency_key_expired` instead of executing again. Every replica runs the job; batches
 //! take their rows `FOR UPDATE SKIP LOCKED`, so replicas never wait on each other or on a
-//! request. Times are bound from the application, never computed in the statement.
+//! request. The cutoff is computed on the database's clock, the one that stamped
+//! `completed_at`, so an application clock running ahead cannot drop answers early.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Integer, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Integer, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 
 use super::replay_cache::ReplayCache;
@@ -51,7 +51,7 @@ pub async fn run_forever(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match purge_expired_answers(&pool, &replay_cache, policy, Utc::now()).await {
+        match purge_expired_answers(&pool, &replay_cache, policy).await {
             Ok(0) => {}
             Ok(purged) => {
                 metrics.record_purged(purged);
@@ -71,16 +71,14 @@ struct PurgedKey {
 }
 
 /// One run: at most `batches_per_run_max` batches of `batch_size` answers completed before
-/// `now - retention`, each batch's keys also dropped from the replay cache. Returns how many
+/// the database's `now() - retention`, each batch's keys also dropped from the replay cache. Returns how many
 /// answers were dropped.
 pub async fn purge_expired_answers(
     pool: &PgPool,
     replay_cache: &ReplayCache,
     policy: RetentionPolicy,
-    now: DateTime<Utc>,
 ) -> anyhow::Result<u64> {
-    let retention = chrono::Duration::from_std(policy.retention)?;
-    let cutoff = now - retention;
+    let retention_s = i64::try_from(policy.retention.as_secs())?;
     let batch_size = i32::try_from(policy.batch_size).unwrap_or(i32::MAX);
     let mut conn = pool.get().await?;
     let mut purged: u64 = 0;
@@ -88,18 +86,17 @@ pub async fn purge_expired_answers(
         let purged_keys: Vec<PurgedKey> = diesel::sql_query(
             "WITH batch AS ( \
                  SELECT tenant_id, idempotency_key FROM idempotency_keys \
-                 WHERE state = 'completed' AND completed_at < $1 \
+                 WHERE state = 'completed' AND completed_at < now() - $1 * interval '1 second' \
                  ORDER BY completed_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED) \
              UPDATE idempotency_keys k \
-             SET state = 'expired', response_body = NULL, expired_at = $3 \
+             SET state = 'expired', response_body = NULL, expired_at = now() \
              FROM batch \
              WHERE k.tenant_id = batch.tenant_id AND k.idempotency_key = batch.idempotency_key \
              RETURNING k.tenant_id, k.idempotency_key",
         )
-        .bind::<Timestamptz, _>(cutoff)
+        .bind::<BigInt, _>(retention_s)
         .bind::<Integer, _>(batch_size)
-        .bind::<Timestamptz, _>(now)
         .load(&mut conn)
         .await?;
         let keys: Vec<(TenantId, String)> = purged_keys

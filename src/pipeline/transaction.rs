@@ -5,9 +5,12 @@
 use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 
+use std::future::Future;
+
 use super::deadline::Deadline;
 use super::idempotency::ClaimLost;
 use crate::api::error::ApiError;
+use crate::config::DatabaseSettings;
 use crate::db::errors::{DbFailure, classify};
 use crate::db::{PgConn, PgPool};
 
@@ -58,23 +61,41 @@ pub async fn connection(pool: &PgPool, deadline: &Deadline) -> Result<Object<PgC
 /// that spent its deadline waiting for a row answers `lock_timeout`, which is what happened.
 const LOCK_WAIT_MARGIN_MS: u64 = 50;
 
-/// The first statement of every pipeline transaction: no statement may run, and no row lock be
-/// waited for, past the request's deadline (`lock_timeout` also keeps its configured bound).
+/// The first statement of every pipeline transaction: no statement runs longer than the time
+/// left nor `database.statement_timeout_ms`, and no row lock is waited for longer than that nor
+/// `database.lock_timeout_ms`. (These bound each statement; [`within_deadline`] bounds the
+/// whole transaction.)
 pub async fn bound_statements(
     conn: &mut PgConn,
     deadline: &Deadline,
-    lock_timeout_ms: u64,
+    database: &DatabaseSettings,
 ) -> Result<(), diesel::result::Error> {
     let left_ms = deadline.remaining_ms();
-    let lock_wait_ms = lock_timeout_ms
+    let statement_ms = database.statement_timeout_ms.min(left_ms).max(1);
+    let lock_wait_ms = database
+        .lock_timeout_ms
         .min(left_ms.saturating_sub(LOCK_WAIT_MARGIN_MS))
         .max(1);
     conn.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {left_ms}; SET LOCAL lock_timeout = {lock_wait_ms}"
+        "SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {lock_wait_ms}"
     ))
     .await
 }
 
+/// Runs a whole transaction (all its attempts) within the deadline. Past it the future is
+/// dropped: the connection goes with it, so Postgres rolls the transaction back (a connection
+/// dropped mid-transaction is never returned to the pool). If the deadline fell during COMMIT
+/// the outcome is unknown to us, which is safe: the caller then frees only a key still in
+/// flight under its own token, and a committed answer stays.
+pub async fn within_deadline<T>(
+    deadline: &Deadline,
+    transaction: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    deadline
+        .bound("the transaction", transaction)
+        .await
+        .map_err(|passed| ApiError::Unavailable(passed.into()))?
+}
 impl From<TxError> for ApiError {
     fn from(error: TxError) -> Self {
         match error {
