@@ -7,8 +7,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::pipeline::idempotency::StoredResponse;
-
 pub struct Metrics {
     registry: Registry,
     http_requests: IntCounterVec,
@@ -135,9 +133,9 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn record_entry(&self, kind: &str, response: &StoredResponse) {
+    pub fn record_entry(&self, kind: &str, status: u16) {
         self.entries
-            .with_label_values(&[kind, &response.status.to_string()])
+            .with_label_values(&[kind, &status.to_string()])
             .inc();
     }
 

@@ -8,15 +8,13 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
-use tokio::sync::Semaphore;
 
 use crate::api;
 use crate::auth::key_cache::KeyCache;
 use crate::config::{Settings, ms};
 use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
-use crate::pipeline::lock::WalletLocks;
-use crate::pipeline::replay_cache::ReplayCache;
+use crate::pipeline::Pipeline;
 use crate::pipeline::retention::{self, RetentionPolicy};
 use crate::readiness::ReadinessProbe;
 use crate::redis_nodes::RedisNodes;
@@ -26,14 +24,11 @@ use crate::redis_nodes::RedisNodes;
 pub struct AppState {
     pub db: PgPool,
     pub redis: RedisNodes,
-    pub locks: WalletLocks,
-    pub replay_cache: ReplayCache,
+    /// The mutating path (the business core).
+    pub pipeline: Arc<Pipeline>,
     pub key_cache: Arc<KeyCache>,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
-    pub idempotency_lease: Duration,
-    /// One permit per running pipeline (`pipeline.concurrent_max`).
-    pub pipelines: Arc<Semaphore>,
     pub readiness: Arc<ReadinessProbe>,
 }
 
@@ -41,17 +36,16 @@ impl AppState {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         settings.validate()?;
         let redis = RedisNodes::connect(&settings.redis)?;
+        let db = db::build_pool(&settings.database)?;
+        let metrics = Arc::new(Metrics::new()?);
         Ok(Self {
-            db: db::build_pool(&settings.database)?,
-            locks: WalletLocks::new(
-                redis.clone(),
-                &settings.lock,
-                settings.pipeline.wallet_queue_depth_max,
-            ),
-            replay_cache: ReplayCache::new(
-                redis.clone(),
-                Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
-            ),
+            pipeline: Arc::new(Pipeline::new(
+                db.clone(),
+                &redis,
+                Arc::clone(&metrics),
+                settings,
+            )),
+            db,
             redis,
             key_cache: Arc::new(KeyCache::new(
                 ms(settings.auth.cache_ttl_ms),
@@ -59,10 +53,8 @@ impl AppState {
                 settings.auth.lookups_concurrent_max,
                 ms(settings.auth.lookup_wait_ms_max),
             )),
-            metrics: Arc::new(Metrics::new()?),
+            metrics,
             settings: Arc::new(settings.clone()),
-            idempotency_lease: ms(settings.idempotency.lease_ms),
-            pipelines: Arc::new(Semaphore::new(settings.pipeline.concurrent_max)),
             readiness: Arc::default(),
         })
     }
@@ -84,7 +76,7 @@ impl Application {
         let openapi = web::Data::new(api::openapi_json()?);
         tokio::spawn(retention::run_forever(
             state.db.clone(),
-            state.replay_cache.clone(),
+            state.pipeline.replay_cache().clone(),
             Arc::clone(&state.metrics),
             RetentionPolicy::from_settings(&settings.idempotency),
             Duration::from_secs(settings.idempotency.purge_interval_s),

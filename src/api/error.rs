@@ -6,11 +6,11 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
-use serde::Serialize;
 
 use crate::db::errors::{DbFailure, classify};
-
-pub const PROBLEM_JSON: &str = "application/problem+json";
+use crate::pipeline::PipelineError;
+use crate::problem;
+pub use crate::problem::PROBLEM_JSON;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,15 +58,6 @@ pub enum ApiError {
     /// A body that is not `application/json`.
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
-    /// The in-lock balance check failed.
-    #[error("{0}")]
-    InsufficientFunds(String),
-    /// The request's currency is not the wallet's.
-    #[error("{0}")]
-    CurrencyMismatch(String),
-    /// The wallet is closed and takes no more entries.
-    #[error("wallet is closed")]
-    WalletClosed,
     /// The key was used before for a different request.
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
@@ -102,9 +93,6 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::InsufficientFunds(_) => "insufficient_funds",
-            ApiError::CurrencyMismatch(_) => "currency_mismatch",
-            ApiError::WalletClosed => "wallet_closed",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::LockTimeout => "lock_timeout",
@@ -129,9 +117,6 @@ impl ApiError {
             ApiError::RequestTimeout(_) => "Request timeout",
             ApiError::PayloadTooLarge(_) => "Payload too large",
             ApiError::UnsupportedMediaType => "Unsupported media type",
-            ApiError::InsufficientFunds(_) => "Insufficient funds",
-            ApiError::CurrencyMismatch(_) => "Currency mismatch",
-            ApiError::WalletClosed => "Wallet closed",
             ApiError::IdempotencyKeyReused => "Idempotency-Key reused",
             ApiError::RateLimited { .. } => "Rate limited",
             ApiError::LockTimeout => "Lock timeout",
@@ -152,29 +137,15 @@ impl ApiError {
         }
     }
 
-    /// Whether this outcome is a business decision that the idempotency store keeps and
-    /// replays (API.md: declines are stored; 4xx input errors and 5xx are not).
-    pub fn is_stored_decline(&self) -> bool {
-        matches!(
-            self,
-            ApiError::InsufficientFunds(_)
-                | ApiError::CurrencyMismatch(_)
-                | ApiError::WalletNotFound
-                | ApiError::WalletClosed
-        )
-    }
-
     /// The problem document, serialized once: the same bytes are sent and, for a decline,
     /// stored for replay.
     pub fn problem_body(&self) -> Vec<u8> {
-        let problem = Problem {
-            kind: format!("urn:walletd:problem:{}", self.code()),
-            title: self.title(),
-            status: self.status_code().as_u16(),
-            detail: self.to_string(),
-            code: self.code(),
-        };
-        serde_json::to_vec(&problem).unwrap_or_else(|_| b"{}".to_vec())
+        problem::render(
+            self.status_code().as_u16(),
+            self.code(),
+            self.title(),
+            &self.to_string(),
+        )
     }
 
     /// Maps a database error to what the client sees (and keeps the cause for the log).
@@ -191,14 +162,19 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'static str,
-    status: u16,
-    detail: String,
-    code: &'static str,
+/// What the business core could not answer with a stored response, as the client sees it.
+impl From<PipelineError> for ApiError {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            PipelineError::IdempotencyKeyInProgress => ApiError::IdempotencyKeyInProgress,
+            PipelineError::IdempotencyKeyExpired => ApiError::IdempotencyKeyExpired,
+            PipelineError::Rejected(reason) => ApiError::Validation(reason),
+            PipelineError::LockTimeout => ApiError::LockTimeout,
+            PipelineError::Unavailable(cause) => ApiError::Unavailable(cause),
+            PipelineError::Internal(cause) => ApiError::Internal(cause),
+        }
+    }
 }
 
 impl ResponseError for ApiError {
@@ -218,10 +194,7 @@ impl ResponseError for ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InsufficientFunds(_)
-            | ApiError::CurrencyMismatch(_)
-            | ApiError::WalletClosed
-            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::LockTimeout | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -259,13 +232,11 @@ mod tests {
 
     #[test]
     fn problem_documents_carry_the_stable_code() {
-        let error = ApiError::InsufficientFunds("available 1.00 < 2.00".into());
+        let error = ApiError::IdempotencyKeyReused;
         let body: serde_json::Value = serde_json::from_slice(&error.problem_body()).unwrap();
-        assert_eq!(body["code"], "insufficient_funds");
+        assert_eq!(body["code"], "idempotency_key_reused");
         assert_eq!(body["status"], 422);
-        assert_eq!(body["type"], "urn:walletd:problem:insufficient_funds");
-        assert!(error.is_stored_decline());
-        assert!(!ApiError::Validation("x".into()).is_stored_decline());
+        assert_eq!(body["type"], "urn:walletd:problem:idempotency_key_reused");
     }
 
     #[test]

@@ -6,7 +6,6 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi_schemas;
 pub mod ops;
-pub mod representations;
 pub mod respond;
 pub mod transactions;
 pub mod wallets;

@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
 use utoipa::openapi::schema::{AdditionalProperties, AllOfBuilder, AnyOfBuilder, SchemaType};
 use utoipa::openapi::{
-    ArrayBuilder, ContentBuilder, Header, HeaderBuilder, KnownFormat, ObjectBuilder, OneOfBuilder,
-    Ref, RefOr, Required, Response, ResponseBuilder, Schema, SchemaFormat, Type,
+    ArrayBuilder, ContentBuilder, Header, HeaderBuilder, ObjectBuilder, OneOfBuilder, Ref, RefOr,
+    Required, Response, ResponseBuilder, Schema, Type,
 };
 use utoipa::{IntoParams, PartialSchema, ToResponse, ToSchema};
 
@@ -40,12 +40,6 @@ const NO_CONTROL_CHARACTERS: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 const NO_NUL: &str = r"^[^\u0000]*$";
 /// 10^15, the largest amount (inclusive).
 const AMOUNT_MAX: &str = "1000000000000000";
-/// Money as rendered in responses: exactly the currency's minor-unit digits (at most 4).
-const SIGNED_MONEY: &str = r"^-?[0-9]+(?:\.[0-9]{1,4})?$";
-const UNSIGNED_MONEY: &str = r"^[0-9]+(?:\.[0-9]{1,4})?$";
-/// RFC 3339 UTC with microseconds.
-const TIMESTAMP_PATTERN: &str =
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$";
 
 /// Every ISO 4217 code walletd accepts, grouped by minor units (0, 2, 3, 4): all 17,576
 /// upper-case three-letter strings run through the same parser the handlers use.
@@ -322,38 +316,6 @@ impl IntoParams for IdempotencyKeyHeader {
 }
 
 /// `status` of a wallet.
-pub fn wallet_status() -> ObjectBuilder {
-    string().enum_values(Some(["active", "closed"]))
-}
-
-/// `type` of a ledger entry.
-pub fn entry_type() -> ObjectBuilder {
-    string().enum_values(Some(["debit", "credit"]))
-}
-
-pub fn timestamp() -> ObjectBuilder {
-    string()
-        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
-        .pattern(Some(TIMESTAMP_PATTERN))
-        .description(Some("RFC 3339 UTC with microseconds"))
-}
-
-/// A balance: a decimal string with exactly the currency's minor-unit digits, below 0 only
-/// within the overdraft limit.
-pub fn signed_money() -> ObjectBuilder {
-    string().pattern(Some(SIGNED_MONEY)).description(Some(
-        "Decimal string with exactly the currency's minor-unit digits; below 0 only within \
-         the overdraft limit",
-    ))
-}
-
-/// An amount, a hold, an overdraft limit or what is available: never below 0.
-pub fn unsigned_money() -> ObjectBuilder {
-    string().pattern(Some(UNSIGNED_MONEY)).description(Some(
-        "Decimal string with exactly the currency's minor-unit digits; never below 0",
-    ))
-}
-
 /// The RFC 9457 problem document every error answers with.
 pub struct Problem;
 

@@ -8,12 +8,12 @@ use super::error::ApiError;
 use super::openapi_schemas::{
     Forbidden, RateLimited, TransactionNotFound, Unauthorized, Unavailable,
 };
-use super::representations::Transaction;
 use super::respond::json_ok;
 use crate::auth::Caller;
 use crate::db::models::LedgerEntryRow;
 use crate::db::schema::ledger_entries;
 use crate::domain::{Scope, TransactionId};
+use crate::representation::Transaction;
 use crate::startup::AppState;
 
 /// Read one ledger entry.

@@ -13,16 +13,16 @@ use super::openapi_schemas::{
     RateLimited, ReplayedFlag, RequestTimeout, Unauthorized, Unavailable, UnsupportedMediaType,
     WalletNotFound,
 };
-use super::representations::{LedgerPage, Transaction, Wallet};
 use super::respond::{json_ok, respond};
 use crate::auth::Caller;
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
 use crate::domain::{BoundedText, Currency, Metadata, Money, NonNegativeAmount, Scope, WalletId};
+use crate::pipeline::Command;
 use crate::pipeline::create_wallet::CreateWalletCommand;
 use crate::pipeline::idempotency::{Fingerprint, IdempotentRequest};
 use crate::pipeline::ledger::{EntryCommand, EntryKind};
-use crate::pipeline::{self, run_detached};
+use crate::representation::{LedgerPage, Transaction, Wallet};
 use crate::startup::AppState;
 
 /// Longest `owner_ref` and `reference`.
@@ -168,9 +168,10 @@ pub async fn create_wallet(
         fingerprint: Fingerprint::of("POST", "/v1/wallets", &body.canonical),
         wallet: None,
     };
-    let (slots, metrics) = (&state.pipelines, &state.metrics);
-    let pipeline = pipeline::execute_create_wallet(state.get_ref().clone(), idempotent, command);
-    let outcome = run_detached(slots, metrics, pipeline).await?;
+    let outcome = state
+        .pipeline
+        .run(idempotent, Command::CreateWallet(command))
+        .await?;
     Ok(respond(outcome))
 }
 
@@ -313,9 +314,10 @@ async fn post_entry(
         ),
         wallet: Some(wallet),
     };
-    let (slots, metrics) = (&state.pipelines, &state.metrics);
-    let pipeline = pipeline::execute_entry(state.get_ref().clone(), idempotent, command);
-    let outcome = run_detached(slots, metrics, pipeline).await?;
+    let outcome = state
+        .pipeline
+        .run(idempotent, Command::Entry(command))
+        .await?;
     Ok(respond(outcome))
 }
 

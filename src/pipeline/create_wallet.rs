@@ -2,18 +2,16 @@
 //! does not exist yet) and no ledger entry (a new wallet's balance is 0).
 
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 
-use super::deadline::Deadline;
-use super::idempotency::{Claim, StoredResponse};
-use super::transaction::{self, TxError};
-use crate::api::error::ApiError;
-use crate::api::representations::Wallet;
-use crate::config::DatabaseSettings;
+use super::idempotency::Claim;
+use super::outcome::StoredResponse;
+use super::transaction::TxError;
+use crate::db::PgConn;
 use crate::db::models::{NewWallet, WalletRow};
 use crate::db::schema::wallets;
-use crate::db::{PgConn, PgPool};
 use crate::domain::{BoundedText, Currency, NonNegativeAmount, WalletId};
+use crate::representation::Wallet;
 
 #[derive(Debug, Clone)]
 pub struct CreateWalletCommand {
@@ -22,28 +20,8 @@ pub struct CreateWalletCommand {
     pub overdraft_limit: NonNegativeAmount,
 }
 
-pub async fn create_wallet(
-    pool: &PgPool,
-    claim: &Claim,
-    command: &CreateWalletCommand,
-    deadline: Deadline,
-    database: &DatabaseSettings,
-) -> Result<StoredResponse, ApiError> {
-    let mut conn = transaction::connection(pool, &deadline).await?;
-    transaction::within_deadline(&deadline, async {
-        conn.transaction(async |c| {
-            transaction::bound_statements(c, &deadline, database)
-                .await
-                .map_err(TxError::Db)?;
-            create_once(c, claim, command).await
-        })
-        .await
-        .map_err(ApiError::from)
-    })
-    .await
-}
-
-async fn create_once(
+/// Inside the transaction: the new wallet row and its stored answer.
+pub(super) async fn create_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &CreateWalletCommand,

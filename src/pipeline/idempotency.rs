@@ -24,8 +24,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::deadline::Deadline;
+use super::outcome::{PipelineError, StoredResponse};
 use super::transaction;
-use crate::api::error::ApiError;
 use crate::db::{PgConn, PgPool};
 use crate::domain::{IdempotencyKey, TenantId, WalletId};
 
@@ -49,28 +49,6 @@ impl Fingerprint {
             hasher.update(part);
         }
         Self(hasher.finalize().into())
-    }
-}
-
-/// A response as decided by the business logic: what is sent now and replayed later.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
-
-impl StoredResponse {
-    /// A business decline (a stored 4xx), rendered as its problem document.
-    pub fn decline(decline: &ApiError) -> Self {
-        debug_assert!(decline.is_stored_decline());
-        Self {
-            status: actix_web::ResponseError::status_code(decline).as_u16(),
-            body: decline.problem_body(),
-        }
-    }
-
-    pub fn is_success(&self) -> bool {
-        (200..300).contains(&self.status)
     }
 }
 
@@ -143,7 +121,7 @@ pub async fn begin(
     request: &IdempotentRequest,
     lease: Duration,
     deadline: Deadline,
-) -> Result<Begin, ApiError> {
+) -> Result<Begin, PipelineError> {
     let mut conn = transaction::connection(pool, &deadline).await?;
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
     for _ in 0..CLAIM_ATTEMPTS_MAX {
@@ -166,7 +144,7 @@ pub async fn begin(
         .get_result(&mut conn)
         .await
         .optional()
-        .map_err(ApiError::from_db)?;
+        .map_err(PipelineError::from_db)?;
         if inserted.is_some_and(|row| row.lease_token == token) {
             return Ok(Begin::Claimed(claim(pool, request, token)));
         }
@@ -182,7 +160,7 @@ pub async fn begin(
         .get_result(&mut conn)
         .await
         .optional()
-        .map_err(ApiError::from_db)?;
+        .map_err(PipelineError::from_db)?;
         let Some(existing) = existing else {
             // The marker was abandoned between our INSERT and SELECT: try to claim again.
             continue;
@@ -190,10 +168,10 @@ pub async fn begin(
         // Past retention the answer is gone but the key is not: whatever the request, nothing
         // executes (a very late retry must never charge twice).
         if existing.state == "expired" {
-            return Err(ApiError::IdempotencyKeyExpired);
+            return Err(PipelineError::IdempotencyKeyExpired);
         }
         if existing.fingerprint != request.fingerprint.0 {
-            return Err(ApiError::IdempotencyKeyReused);
+            return Err(PipelineError::IdempotencyKeyReused);
         }
         match (
             existing.state.as_str(),
@@ -202,12 +180,12 @@ pub async fn begin(
         ) {
             ("completed", Some(status), Some(body)) => {
                 let status = u16::try_from(status).map_err(|_| {
-                    ApiError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
+                    PipelineError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
                 })?;
                 return Ok(Begin::Replay(StoredResponse { status, body }));
             }
             ("in_progress", ..) if !existing.lease_expired => {
-                return Err(ApiError::IdempotencyKeyInProgress);
+                return Err(PipelineError::IdempotencyKeyInProgress);
             }
             ("in_progress", ..) => {
                 // The first request's lease lapsed (it crashed or hung): take the key over, but
@@ -235,7 +213,7 @@ pub async fn begin(
                 .get_result(&mut conn)
                 .await
                 .optional()
-                .map_err(ApiError::from_db)?;
+                .map_err(PipelineError::from_db)?;
                 if taken_over.is_some_and(|row| row.lease_token == token) {
                     tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
                     return Ok(Begin::Claimed(claim(pool, request, token)));
@@ -245,13 +223,13 @@ pub async fn begin(
                 // CLAIM_ATTEMPTS_MAX bounds the rounds, and running out is 409.
             }
             (state, ..) => {
-                return Err(ApiError::Internal(anyhow::anyhow!(
+                return Err(PipelineError::Internal(anyhow::anyhow!(
                     "idempotency key in unexpected state {state:?}"
                 )));
             }
         }
     }
-    Err(ApiError::IdempotencyKeyInProgress)
+    Err(PipelineError::IdempotencyKeyInProgress)
 }
 
 fn claim(pool: &PgPool, request: &IdempotentRequest, token: Uuid) -> Claim {

@@ -7,20 +7,18 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::Timestamptz;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
-use super::deadline::Deadline;
-use super::idempotency::{Claim, StoredResponse};
-use super::transaction::{self, TxError};
-use crate::api::error::ApiError;
-use crate::api::representations::Transaction;
-use crate::config::DatabaseSettings;
+use super::idempotency::Claim;
+use super::outcome::{Decline, StoredResponse};
+use super::transaction::TxError;
+use crate::db::PgConn;
 use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
-use crate::db::{PgConn, PgPool};
 use crate::domain::money::BALANCE_MAX;
 use crate::domain::{BoundedText, Metadata, Money, TransactionId, WalletId};
+use crate::representation::Transaction;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -74,23 +72,23 @@ enum Verdict {
     /// Apply the entry; the wallet's balance becomes this.
     Apply { balance_after: Decimal },
     /// A business decline: stored and replayed like a success.
-    Decline(ApiError),
+    Decline(Decline),
     /// Input that turned out invalid only against the wallet (a credit past the maximum
     /// balance): answered 400 and not stored, like any validation error.
-    Reject(ApiError),
+    Reject(String),
 }
 
 /// Layer 4, as a pure function of the locked row: easy to read and to test.
 fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
     let Some(wallet) = wallet else {
-        return Verdict::Decline(ApiError::WalletNotFound);
+        return Verdict::Decline(Decline::WalletNotFound);
     };
     if wallet.status != "active" {
-        return Verdict::Decline(ApiError::WalletClosed);
+        return Verdict::Decline(Decline::WalletClosed);
     }
     let currency = command.money.currency();
     if wallet.currency.trim() != currency.code() {
-        return Verdict::Decline(ApiError::CurrencyMismatch(format!(
+        return Verdict::Decline(Decline::CurrencyMismatch(format!(
             "request currency {} differs from the wallet's {}",
             currency.code(),
             wallet.currency.trim()
@@ -101,7 +99,7 @@ fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
         EntryKind::Debit => {
             let available = wallet.available();
             if available < amount {
-                return Verdict::Decline(ApiError::InsufficientFunds(format!(
+                return Verdict::Decline(Decline::InsufficientFunds(format!(
                     "available {} is less than the requested {}",
                     currency.render(available),
                     currency.render(amount)
@@ -114,48 +112,18 @@ fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
         EntryKind::Credit => {
             let balance_after = wallet.balance + amount;
             if balance_after > BALANCE_MAX {
-                return Verdict::Reject(ApiError::Validation(format!(
+                return Verdict::Reject(format!(
                     "this credit would take the balance above the maximum {BALANCE_MAX}"
-                )));
+                ));
             }
             Verdict::Apply { balance_after }
         }
     }
 }
 
-/// Runs layers 3 and 4 for one entry and returns the response to send (and that was stored).
-pub async fn post_entry(
-    pool: &PgPool,
-    claim: &Claim,
-    command: &EntryCommand,
-    deadline: Deadline,
-    database: &DatabaseSettings,
-) -> Result<StoredResponse, ApiError> {
-    let mut conn = transaction::connection(pool, &deadline).await?;
-    transaction::within_deadline(&deadline, async {
-        let mut attempt = 1;
-        loop {
-            let outcome = conn
-                .transaction(async |c| {
-                    transaction::bound_statements(c, &deadline, database)
-                        .await
-                        .map_err(TxError::Db)?;
-                    post_entry_once(c, claim, command).await
-                })
-                .await;
-            match outcome {
-                Err(error) if error.retry_after_attempt(attempt, &deadline) => {
-                    tracing::info!(%error, attempt, "transaction conflict; retrying");
-                    attempt += 1;
-                }
-                other => return other.map_err(ApiError::from),
-            }
-        }
-    })
-    .await
-}
-
-async fn post_entry_once(
+/// Layers 3 and 4 for one entry, inside the transaction: returns the response to send (and
+/// that is stored with it).
+pub(super) async fn post_entry_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &EntryCommand,
@@ -171,8 +139,8 @@ async fn post_entry_once(
     claim.reassert(conn).await??;
 
     let response = match decide(wallet.as_ref(), command) {
-        Verdict::Decline(decline) => StoredResponse::decline(&decline),
-        Verdict::Reject(error) => return Err(TxError::Rejected(error)),
+        Verdict::Decline(decline) => decline.stored(),
+        Verdict::Reject(reason) => return Err(TxError::Rejected(reason)),
         Verdict::Apply { balance_after } => {
             let Some(wallet) = wallet else {
                 return Err(TxError::Render(anyhow::anyhow!(
@@ -275,7 +243,7 @@ mod tests {
         let debit = command(EntryKind::Debit, "150.00", "EUR");
         assert!(matches!(
             decide(Some(&wallet("100.00", "0")), &debit),
-            Verdict::Decline(ApiError::InsufficientFunds(_))
+            Verdict::Decline(Decline::InsufficientFunds(_))
         ));
         match decide(Some(&wallet("100.00", "50.00")), &debit) {
             Verdict::Apply { balance_after } => assert_eq!(balance_after, Decimal::from(-50)),
@@ -288,18 +256,18 @@ mod tests {
         let debit = command(EntryKind::Debit, "1.00", "EUR");
         assert!(matches!(
             decide(None, &debit),
-            Verdict::Decline(ApiError::WalletNotFound)
+            Verdict::Decline(Decline::WalletNotFound)
         ));
         let mut closed = wallet("10.00", "0");
         closed.status = "closed".into();
         assert!(matches!(
             decide(Some(&closed), &debit),
-            Verdict::Decline(ApiError::WalletClosed)
+            Verdict::Decline(Decline::WalletClosed)
         ));
         let usd = command(EntryKind::Credit, "1.00", "USD");
         assert!(matches!(
             decide(Some(&wallet("10.00", "0")), &usd),
-            Verdict::Decline(ApiError::CurrencyMismatch(_))
+            Verdict::Decline(Decline::CurrencyMismatch(_))
         ));
     }
 
@@ -308,7 +276,7 @@ mod tests {
         let credit = command(EntryKind::Credit, "1000000000000000", "EUR");
         assert!(matches!(
             decide(Some(&wallet("999999999999999999", "0")), &credit),
-            Verdict::Reject(ApiError::Validation(_))
+            Verdict::Reject(_)
         ));
     }
 }

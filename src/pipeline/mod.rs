@@ -10,133 +10,320 @@
 //! writes its in-flight marker, at most `pipeline.concurrent_max` pipelines run at once, and
 //! one [`deadline`] bounds every wait of a request.
 //!
-//! A request runs detached from its HTTP connection (see [`run_detached`]), so a client that
+//! Every mutating command goes through one execution, [`Pipeline::execute`]: a [`Command`] says
+//! which wallet it locks and what it does inside the row-locked transaction; idempotency, the
+//! lock, the transaction and storing the answer happen once, here, in layer order.
+//!
+//! A request runs detached from its HTTP connection (see [`Pipeline::run`]), so a client that
 //! hangs up mid-way cannot cancel it between the commit and the bookkeeping after it.
+//!
+//! This is the business core: it knows nothing of HTTP. It answers [`Outcome`]s (stored
+//! responses) and [`PipelineError`]s; the API layer maps those to statuses.
 
 pub mod create_wallet;
 pub mod deadline;
 pub mod idempotency;
 pub mod ledger;
 pub mod lock;
+pub mod outcome;
 pub mod replay_cache;
 pub mod retention;
 pub mod transaction;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use diesel_async::AsyncConnection;
 use tokio::sync::Semaphore;
 
-use crate::api::error::ApiError;
-use crate::config::ms;
-use crate::startup::AppState;
+use crate::config::{DatabaseSettings, Settings, ms};
+use crate::db::PgPool;
+use crate::domain::{TenantId, WalletId};
+use crate::metrics::Metrics;
+use crate::redis_nodes::RedisNodes;
 use create_wallet::CreateWalletCommand;
 use deadline::Deadline;
-use idempotency::{Begin, Claim, IdempotentRequest, StoredResponse};
+use idempotency::{Begin, Claim, IdempotentRequest};
 use ledger::EntryCommand;
-use lock::{LockError, LockMode};
-use replay_cache::Cached;
+use lock::{LockError, LockMode, WalletLocks};
+pub use outcome::{Decline, Outcome, PipelineError, StoredResponse};
+use replay_cache::{Cached, ReplayCache};
+use transaction::TxError;
 
-/// What the client gets: a fresh answer or a replayed one (same status, same bytes).
-#[derive(Debug)]
-pub enum Outcome {
-    Executed(StoredResponse),
-    Replayed(StoredResponse),
+/// A mutating command: what it locks and what it does inside the row-locked transaction.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A new wallet: nothing to lock (nobody else knows its id yet).
+    CreateWallet(CreateWalletCommand),
+    /// A debit or credit of one wallet.
+    Entry(EntryCommand),
 }
 
-/// Debit or credit one wallet through the four layers.
-pub async fn execute_entry(
-    state: AppState,
-    request: IdempotentRequest,
-    command: EntryCommand,
-) -> Result<Outcome, ApiError> {
-    let deadline = Deadline::after(ms(state.settings.pipeline.deadline_ms));
-    let kind = command.kind.as_str();
-
-    // 1a. Idempotency, fast path: an answer cached in Redis is replayed at once.
-    if let Some(stored) = cached_replay(&state, &request, kind).await? {
-        return Ok(Outcome::Replayed(stored));
-    }
-
-    // A place in the wallet's local queue, before anything is written: a full queue sheds
-    // the request with nothing to undo.
-    let place = state
-        .locks
-        .enqueue(request.tenant, command.wallet)
-        .map_err(|full| {
-            state.metrics.record_shed("wallet_queue_full");
-            tracing::info!(wallet = %command.wallet, depth = full.depth, "wallet queue full; shedding");
-            ApiError::LockTimeout
-        })?;
-
-    // 1b. Idempotency in Postgres: replay a stored answer, or claim the key.
-    let claim = match claim_or_replay(&state, &request, kind, deadline).await? {
-        Begin::Claimed(claim) => claim,
-        Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
-    };
-
-    // 2. The wallet's distributed lock, with a bounded wait.
-    let wait_started = Instant::now();
-    let guard = match state.locks.acquire(place, deadline).await {
-        Ok(guard) => guard,
-        Err(error) => {
-            state
-                .metrics
-                .record_lock_wait(wait_started.elapsed(), lock_outcome(Err(&error)));
-            claim.abandon().await;
-            return Err(match error {
-                LockError::Timeout { .. } => ApiError::LockTimeout,
-                LockError::QuorumUnreachable { .. } => ApiError::Unavailable(error.into()),
-            });
+impl Command {
+    /// The operation's name, for metrics and logs.
+    fn operation(&self) -> &'static str {
+        match self {
+            Command::CreateWallet(_) => "create_wallet",
+            Command::Entry(entry) => entry.kind.as_str(),
         }
-    };
-    state
-        .metrics
-        .record_lock_wait(wait_started.elapsed(), lock_outcome(Ok(guard.mode())));
-
-    // 3 + 4. Row lock, key re-claim, in-lock balance check, one commit.
-    let database = &state.settings.database;
-    let result = ledger::post_entry(&state.db, &claim, &command, deadline, database).await;
-    if guard.expired() {
-        tracing::warn!(wallet = %command.wallet, "Redis lock expired before the commit; the row lock kept the ledger consistent");
     }
-    guard.release().await;
 
-    let stored = settle(claim, result).await?;
-    state.metrics.record_entry(kind, &stored);
-    state.replay_cache.store(&request, &stored).await;
-    Ok(Outcome::Executed(stored))
+    /// The wallet whose lock the command takes, if any.
+    fn locks(&self) -> Option<WalletId> {
+        match self {
+            Command::CreateWallet(_) => None,
+            Command::Entry(entry) => Some(entry.wallet),
+        }
+    }
+
+    /// Layers 3 and 4: inside the transaction, after the statements are bounded.
+    async fn run_locked(
+        &self,
+        conn: &mut crate::db::PgConn,
+        claim: &Claim,
+    ) -> Result<StoredResponse, TxError> {
+        match self {
+            Command::CreateWallet(create) => create_wallet::create_once(conn, claim, create).await,
+            Command::Entry(entry) => ledger::post_entry_once(conn, claim, entry).await,
+        }
+    }
 }
 
-/// Create a wallet: idempotency, then one transaction (no lock: nobody else knows the id yet).
-pub async fn execute_create_wallet(
-    state: AppState,
-    request: IdempotentRequest,
-    command: CreateWalletCommand,
-) -> Result<Outcome, ApiError> {
-    let deadline = Deadline::after(ms(state.settings.pipeline.deadline_ms));
-    if let Some(stored) = cached_replay(&state, &request, "create_wallet").await? {
-        return Ok(Outcome::Replayed(stored));
+/// Everything the mutating path needs, built once at start and shared by every request.
+pub struct Pipeline {
+    db: PgPool,
+    locks: WalletLocks,
+    replay_cache: ReplayCache,
+    metrics: Arc<Metrics>,
+    database: DatabaseSettings,
+    lease: Duration,
+    deadline: Duration,
+    /// One permit per running pipeline (`pipeline.concurrent_max`).
+    slots: Arc<Semaphore>,
+}
+
+impl Pipeline {
+    pub fn new(db: PgPool, redis: &RedisNodes, metrics: Arc<Metrics>, settings: &Settings) -> Self {
+        Self {
+            db,
+            locks: WalletLocks::new(
+                redis.clone(),
+                &settings.lock,
+                settings.pipeline.wallet_queue_depth_max,
+            ),
+            replay_cache: ReplayCache::new(
+                redis.clone(),
+                Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
+            ),
+            metrics,
+            database: settings.database.clone(),
+            lease: ms(settings.idempotency.lease_ms),
+            deadline: ms(settings.pipeline.deadline_ms),
+            slots: Arc::new(Semaphore::new(settings.pipeline.concurrent_max)),
+        }
     }
-    let claim = match claim_or_replay(&state, &request, "create_wallet", deadline).await? {
-        Begin::Claimed(claim) => claim,
-        Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
-    };
-    let database = &state.settings.database;
-    let result =
-        create_wallet::create_wallet(&state.db, &claim, &command, deadline, database).await;
-    let stored = settle(claim, result).await?;
-    state.replay_cache.store(&request, &stored).await;
-    Ok(Outcome::Executed(stored))
+
+    pub fn replay_cache(&self) -> &ReplayCache {
+        &self.replay_cache
+    }
+
+    /// Runs a command on its own task: if the client disconnects, the HTTP layer drops its
+    /// future, but the pipeline still finishes (commits or rolls back, releases its lock and
+    /// key). At most `pipeline.concurrent_max` run at once; beyond that the request is shed
+    /// with `Unavailable` before anything is written.
+    pub async fn run(
+        self: &Arc<Self>,
+        request: IdempotentRequest,
+        command: Command,
+    ) -> Result<Outcome, PipelineError> {
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.metrics.record_shed("pipelines_busy");
+            return Err(PipelineError::Unavailable(anyhow::anyhow!(
+                "pipeline.concurrent_max pipelines are already running"
+            )));
+        };
+        let pipeline = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = pipeline.execute(request, command).await;
+            drop(slot);
+            outcome
+        })
+        .await
+        .map_err(|join_error| {
+            PipelineError::Internal(anyhow::anyhow!("pipeline task failed: {join_error}"))
+        })?
+    }
+
+    /// The four layers, in order, for any command.
+    async fn execute(
+        &self,
+        request: IdempotentRequest,
+        command: Command,
+    ) -> Result<Outcome, PipelineError> {
+        let deadline = Deadline::after(self.deadline);
+        let operation = command.operation();
+
+        // 1a. Idempotency, fast path: an answer cached in Redis is replayed at once.
+        if let Some(stored) = self.cached_replay(&request, operation).await? {
+            return Ok(Outcome::Replayed(stored));
+        }
+
+        // A place in the wallet's local queue, before anything is written: a full queue sheds
+        // the request with nothing to undo.
+        let place = match command.locks() {
+            Some(wallet) => Some(self.enqueue(request.tenant, wallet)?),
+            None => None,
+        };
+
+        // 1b. Idempotency in Postgres: replay a stored answer, or claim the key.
+        let claim = match self.claim_or_replay(&request, operation, deadline).await? {
+            Begin::Claimed(claim) => claim,
+            Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
+        };
+
+        // 2. The wallet's distributed lock, with a bounded wait.
+        let guard = match place {
+            None => None,
+            Some(place) => match self.lock(place, deadline).await {
+                Ok(guard) => Some(guard),
+                Err(error) => {
+                    claim.abandon().await;
+                    return Err(error);
+                }
+            },
+        };
+
+        // 3 + 4. Row lock, key re-claim, the command's decision, one commit.
+        let result = self.transaction(&claim, &command, deadline).await;
+        if let Some(guard) = guard {
+            if guard.expired() {
+                tracing::warn!(wallet = ?command.locks(), "Redis lock expired before the commit; the row lock kept the ledger consistent");
+            }
+            guard.release().await;
+        }
+
+        let stored = settle(claim, result).await?;
+        if let Command::Entry(entry) = &command {
+            self.metrics
+                .record_entry(entry.kind.as_str(), stored.status);
+        }
+        self.replay_cache.store(&request, &stored).await;
+        Ok(Outcome::Executed(stored))
+    }
+
+    /// Layer 1, fast path: the Redis replay cache (skipped when Redis is down).
+    async fn cached_replay(
+        &self,
+        request: &IdempotentRequest,
+        operation: &str,
+    ) -> Result<Option<StoredResponse>, PipelineError> {
+        match self.replay_cache.lookup(request).await {
+            Some(Cached::Replay(stored)) => {
+                self.metrics.record_replay(operation);
+                Ok(Some(stored))
+            }
+            Some(Cached::Reused) => Err(PipelineError::IdempotencyKeyReused),
+            None => Ok(None),
+        }
+    }
+
+    fn enqueue(
+        &self,
+        tenant: TenantId,
+        wallet: WalletId,
+    ) -> Result<lock::QueuePlace, PipelineError> {
+        self.locks.enqueue(tenant, wallet).map_err(|full| {
+            self.metrics.record_shed("wallet_queue_full");
+            tracing::info!(%wallet, depth = full.depth, "wallet queue full; shedding");
+            PipelineError::LockTimeout
+        })
+    }
+
+    /// Layer 1 in Postgres, the source of truth: a stored answer (cached for the next retry),
+    /// or our claim on the key. Bounded as a whole: a round that outlives the deadline may
+    /// leave a marker it never learned of, which frees itself when its lease lapses.
+    async fn claim_or_replay(
+        &self,
+        request: &IdempotentRequest,
+        operation: &str,
+        deadline: Deadline,
+    ) -> Result<Begin, PipelineError> {
+        let begun = transaction::within_deadline(
+            &deadline,
+            idempotency::begin(&self.db, request, self.lease, deadline),
+        )
+        .await?;
+        if let Begin::Replay(stored) = &begun {
+            self.replay_cache.store(request, stored).await;
+            self.metrics.record_replay(operation);
+        }
+        Ok(begun)
+    }
+
+    /// Layer 2.
+    async fn lock(
+        &self,
+        place: lock::QueuePlace,
+        deadline: Deadline,
+    ) -> Result<lock::WalletLockGuard, PipelineError> {
+        let wait_started = Instant::now();
+        let acquired = self.locks.acquire(place, deadline).await;
+        let outcome = match &acquired {
+            Ok(guard) => match guard.mode() {
+                LockMode::Redlock => "acquired",
+                LockMode::DatabaseOnly => "database_only",
+            },
+            Err(LockError::Timeout { .. }) => "timeout",
+            Err(LockError::QuorumUnreachable { .. }) => "unavailable",
+        };
+        self.metrics
+            .record_lock_wait(wait_started.elapsed(), outcome);
+        acquired.map_err(|error| match error {
+            LockError::Timeout { .. } => PipelineError::LockTimeout,
+            LockError::QuorumUnreachable { .. } => PipelineError::Unavailable(error.into()),
+        })
+    }
+
+    /// Layers 3 and 4: one transaction, retried on a serialization failure or deadlock, all of
+    /// it within the deadline; the command decides inside it.
+    async fn transaction(
+        &self,
+        claim: &Claim,
+        command: &Command,
+        deadline: Deadline,
+    ) -> Result<StoredResponse, PipelineError> {
+        let mut conn = transaction::connection(&self.db, &deadline).await?;
+        let database = &self.database;
+        transaction::within_deadline(&deadline, async {
+            let mut attempt = 1;
+            loop {
+                let outcome = conn
+                    .transaction(async |c| {
+                        transaction::bound_statements(c, &deadline, database)
+                            .await
+                            .map_err(TxError::Db)?;
+                        command.run_locked(c, claim).await
+                    })
+                    .await;
+                match outcome {
+                    Err(error) if error.retry_after_attempt(attempt, &deadline) => {
+                        tracing::info!(%error, attempt, "transaction conflict; retrying");
+                        attempt += 1;
+                    }
+                    other => return other.map_err(PipelineError::from),
+                }
+            }
+        })
+        .await
+    }
 }
 
 /// After the transaction: a committed answer disarms the claim; anything else frees the key
 /// so that a retry executes afresh.
 async fn settle(
     claim: Claim,
-    result: Result<StoredResponse, ApiError>,
-) -> Result<StoredResponse, ApiError> {
+    result: Result<StoredResponse, PipelineError>,
+) -> Result<StoredResponse, PipelineError> {
     match result {
         Ok(stored) => {
             claim.committed();
@@ -147,81 +334,4 @@ async fn settle(
             Err(error)
         }
     }
-}
-
-/// Layer 1, fast path: the Redis replay cache (skipped when Redis is down).
-async fn cached_replay(
-    state: &AppState,
-    request: &IdempotentRequest,
-    operation: &str,
-) -> Result<Option<StoredResponse>, ApiError> {
-    match state.replay_cache.lookup(request).await {
-        Some(Cached::Replay(stored)) => {
-            state.metrics.record_replay(operation);
-            Ok(Some(stored))
-        }
-        Some(Cached::Reused) => Err(ApiError::IdempotencyKeyReused),
-        None => Ok(None),
-    }
-}
-
-/// Layer 1 in Postgres, the source of truth: a stored answer (cached for the next retry), or
-/// our claim on the key.
-async fn claim_or_replay(
-    state: &AppState,
-    request: &IdempotentRequest,
-    operation: &str,
-    deadline: Deadline,
-) -> Result<Begin, ApiError> {
-    let lease = state.idempotency_lease;
-    // Bounded as a whole: a round that outlives the deadline may leave a marker it never
-    // learned of, which frees itself when its lease lapses.
-    let begun = transaction::within_deadline(
-        &deadline,
-        idempotency::begin(&state.db, request, lease, deadline),
-    )
-    .await?;
-    if let Begin::Replay(stored) = &begun {
-        state.replay_cache.store(request, stored).await;
-        state.metrics.record_replay(operation);
-    }
-    Ok(begun)
-}
-
-fn lock_outcome(result: Result<LockMode, &LockError>) -> &'static str {
-    match result {
-        Ok(LockMode::Redlock) => "acquired",
-        Ok(LockMode::DatabaseOnly) => "database_only",
-        Err(LockError::Timeout { .. }) => "timeout",
-        Err(LockError::QuorumUnreachable { .. }) => "unavailable",
-    }
-}
-
-/// Runs a pipeline on its own task: if the client disconnects, actix drops the handler's
-/// future, but the pipeline still finishes (commits or rolls back, releases its lock and key).
-/// At most `pipeline.concurrent_max` run at once (`slots`); beyond that the request is shed
-/// with 503 `unavailable` before anything is written.
-pub async fn run_detached<F>(
-    slots: &Arc<Semaphore>,
-    metrics: &crate::metrics::Metrics,
-    pipeline: F,
-) -> Result<Outcome, ApiError>
-where
-    F: Future<Output = Result<Outcome, ApiError>> + Send + 'static,
-{
-    let Ok(slot) = Arc::clone(slots).try_acquire_owned() else {
-        metrics.record_shed("pipelines_busy");
-        return Err(ApiError::Unavailable(anyhow::anyhow!(
-            "pipeline.concurrent_max pipelines are already running"
-        )));
-    };
-    tokio::spawn(async move {
-        let outcome = pipeline.await;
-        drop(slot);
-        outcome
-    })
-    .await
-    .map_err(|join_error| {
-        ApiError::Internal(anyhow::anyhow!("pipeline task failed: {join_error}"))
-    })?
 }

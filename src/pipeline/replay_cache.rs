@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::idempotency::{Fingerprint, IdempotentRequest, StoredResponse};
+use super::idempotency::{Fingerprint, IdempotentRequest};
+use super::outcome::StoredResponse;
 use crate::domain::TenantId;
 use crate::redis_nodes::RedisNodes;
 

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use super::deadline::Deadline;
 use super::idempotency::ClaimLost;
-use crate::api::error::ApiError;
+use super::outcome::PipelineError;
 use crate::config::DatabaseSettings;
 use crate::db::errors::{DbFailure, classify};
 use crate::db::{PgConn, PgPool};
@@ -27,9 +27,9 @@ pub enum TxError {
     /// answer, so this one reports the key as in progress.
     #[error(transparent)]
     ClaimLost(#[from] ClaimLost),
-    /// Input found invalid only against the locked row (a 4xx that is not stored).
+    /// Input found invalid only against the locked row (a 400 that is not stored).
     #[error("rejected: {0}")]
-    Rejected(ApiError),
+    Rejected(String),
     /// The response could not be rendered (a bug).
     #[error("rendering the response: {0}")]
     Render(anyhow::Error),
@@ -49,12 +49,15 @@ impl TxError {
 }
 
 /// A pooled connection, waiting no longer than the deadline (nor `database.pool_wait_timeout_ms`).
-pub async fn connection(pool: &PgPool, deadline: &Deadline) -> Result<Object<PgConn>, ApiError> {
+pub async fn connection(
+    pool: &PgPool,
+    deadline: &Deadline,
+) -> Result<Object<PgConn>, PipelineError> {
     deadline
         .bound("a database connection", pool.get())
         .await
-        .map_err(|passed| ApiError::Unavailable(passed.into()))?
-        .map_err(ApiError::from_pool)
+        .map_err(|passed| PipelineError::Unavailable(passed.into()))?
+        .map_err(PipelineError::from_pool)
 }
 
 /// How much earlier than the statement timeout a row-lock wait gives up, so that a request
@@ -89,20 +92,20 @@ pub async fn bound_statements(
 /// flight under its own token, and a committed answer stays.
 pub async fn within_deadline<T>(
     deadline: &Deadline,
-    transaction: impl Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
+    transaction: impl Future<Output = Result<T, PipelineError>>,
+) -> Result<T, PipelineError> {
     deadline
         .bound("the transaction", transaction)
         .await
-        .map_err(|passed| ApiError::Unavailable(passed.into()))?
+        .map_err(|passed| PipelineError::Unavailable(passed.into()))?
 }
-impl From<TxError> for ApiError {
+impl From<TxError> for PipelineError {
     fn from(error: TxError) -> Self {
         match error {
-            TxError::Db(error) => ApiError::from_db(error),
-            TxError::ClaimLost(_) => ApiError::IdempotencyKeyInProgress,
-            TxError::Rejected(error) => error,
-            TxError::Render(error) => ApiError::Internal(error),
+            TxError::Db(error) => PipelineError::from_db(error),
+            TxError::ClaimLost(_) => PipelineError::IdempotencyKeyInProgress,
+            TxError::Rejected(reason) => PipelineError::Rejected(reason),
+            TxError::Render(error) => PipelineError::Internal(error),
         }
     }
 }

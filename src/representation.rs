@@ -1,4 +1,7 @@
-//! The JSON shapes of API.md: a wallet and a transaction (one ledger entry).
+//! The JSON shapes of API.md: a wallet and a transaction (one ledger entry). The one place
+//! entries are rendered: the bytes the API returns and stores for replay are made here, and so
+//! will be what the hash chain hashes, the export writes and the events carry. Below the HTTP
+//! layer: the pipeline renders its stored answers with it.
 //!
 //! Amounts are strings with exactly the currency's minor-unit digits; ids are lowercase UUIDs;
 //! timestamps are RFC 3339 UTC with microseconds. Rendered from database rows (as returned by
@@ -8,7 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::openapi_schemas::{entry_type, signed_money, timestamp, unsigned_money, wallet_status};
+use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::domain::Currency;
 
@@ -130,6 +134,56 @@ pub struct LedgerPage {
     #[schema(required = true, pattern = "^[0-9]+$")]
     pub next_cursor: Option<String>,
 }
+
+/// JSON Schema of the rendered fields (used by the derives above and by `/openapi.json`).
+pub mod schema {
+    use super::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+
+    /// Money as rendered: exactly the currency's minor-unit digits (at most 4).
+    const SIGNED_MONEY: &str = r"^-?[0-9]+(?:\.[0-9]{1,4})?$";
+    const UNSIGNED_MONEY: &str = r"^[0-9]+(?:\.[0-9]{1,4})?$";
+    /// RFC 3339 UTC with microseconds.
+    pub const TIMESTAMP_PATTERN: &str =
+        r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$";
+
+    pub fn wallet_status() -> ObjectBuilder {
+        string().enum_values(Some(["active", "closed"]))
+    }
+
+    /// `type` of a ledger entry.
+    pub fn entry_type() -> ObjectBuilder {
+        string().enum_values(Some(["debit", "credit"]))
+    }
+
+    pub fn timestamp() -> ObjectBuilder {
+        string()
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .pattern(Some(TIMESTAMP_PATTERN))
+            .description(Some("RFC 3339 UTC with microseconds"))
+    }
+
+    /// A balance: a decimal string with exactly the currency's minor-unit digits, below 0 only
+    /// within the overdraft limit.
+    pub fn signed_money() -> ObjectBuilder {
+        string().pattern(Some(SIGNED_MONEY)).description(Some(
+            "Decimal string with exactly the currency's minor-unit digits; below 0 only within \
+             the overdraft limit",
+        ))
+    }
+
+    /// An amount, a hold, an overdraft limit or what is available: never below 0.
+    pub fn unsigned_money() -> ObjectBuilder {
+        string().pattern(Some(UNSIGNED_MONEY)).description(Some(
+            "Decimal string with exactly the currency's minor-unit digits; never below 0",
+        ))
+    }
+
+    fn string() -> ObjectBuilder {
+        ObjectBuilder::new().schema_type(Type::String)
+    }
+}
+
+use schema::{entry_type, signed_money, timestamp, unsigned_money, wallet_status};
 
 #[cfg(test)]
 mod tests {
