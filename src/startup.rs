@@ -1,4 +1,4 @@
-//! Wiring: pools, shared state, the HTTP server.
+//! Wiring: the shared state, the background jobs, the HTTP server.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -9,56 +9,9 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context;
 
-use crate::api;
-use crate::auth::key_cache::KeyCache;
-use crate::config::{Settings, ms};
-use crate::db::{self, PgPool};
-use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::api::{self, AppState};
+use crate::config::Settings;
 use crate::pipeline::retention::{self, RetentionPolicy};
-use crate::readiness::ReadinessProbe;
-use crate::redis_nodes::RedisNodes;
-
-/// Everything a request needs; cheap to clone (all shared).
-#[derive(Clone)]
-pub struct AppState {
-    pub db: PgPool,
-    pub redis: RedisNodes,
-    /// The mutating path (the business core).
-    pub pipeline: Arc<Pipeline>,
-    pub key_cache: Arc<KeyCache>,
-    pub metrics: Arc<Metrics>,
-    pub settings: Arc<Settings>,
-    pub readiness: Arc<ReadinessProbe>,
-}
-
-impl AppState {
-    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
-        settings.validate()?;
-        let redis = RedisNodes::connect(&settings.redis)?;
-        let db = db::build_pool(&settings.database)?;
-        let metrics = Arc::new(Metrics::new()?);
-        Ok(Self {
-            pipeline: Arc::new(Pipeline::new(
-                db.clone(),
-                &redis,
-                Arc::clone(&metrics),
-                settings,
-            )),
-            db,
-            redis,
-            key_cache: Arc::new(KeyCache::new(
-                ms(settings.auth.cache_ttl_ms),
-                ms(settings.auth.negative_cache_ttl_ms),
-                settings.auth.lookups_concurrent_max,
-                ms(settings.auth.lookup_wait_ms_max),
-            )),
-            metrics,
-            settings: Arc::new(settings.clone()),
-            readiness: Arc::default(),
-        })
-    }
-}
 
 pub struct Application {
     port: u16,
@@ -67,7 +20,7 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener (port 0 picks a free port, as tests do) and builds the server.
-    /// Migrations are not run here: see [`crate::cli`], which runs them first.
+    /// Migrations are not run here: `walletd serve` (cli.rs) runs them first.
     pub fn build(settings: &Settings) -> anyhow::Result<Self> {
         let state = AppState::new(settings)?;
         let listener = TcpListener::bind(&settings.server.bind)

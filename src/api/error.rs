@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
+use crate::auth::{AuthError, MissingScope};
 use crate::db::errors::{DbFailure, classify};
 use crate::pipeline::PipelineError;
 use crate::problem;
@@ -159,6 +160,22 @@ impl ApiError {
 
     pub fn from_pool(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         ApiError::Unavailable(anyhow::Error::new(error).context("no database connection"))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Unauthorized => ApiError::Unauthorized,
+            AuthError::RateLimited { retry_after_s } => ApiError::RateLimited { retry_after_s },
+            AuthError::Unavailable(cause) => ApiError::Unavailable(cause),
+        }
+    }
+}
+
+impl From<MissingScope> for ApiError {
+    fn from(MissingScope(scope): MissingScope) -> Self {
+        ApiError::Forbidden(scope)
     }
 }
 

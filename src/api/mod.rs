@@ -1,12 +1,14 @@
 //! HTTP only: routes, extractors, representations and the problem+json mapping. Business
 //! decisions live in `pipeline`; this layer parses, calls, and renders.
 
+pub mod caller;
 pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi_schemas;
 pub mod ops;
 pub mod respond;
+pub mod state;
 pub mod transactions;
 pub mod wallets;
 
@@ -15,6 +17,7 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use error::ApiError;
+pub use state::AppState;
 
 /// Routes of the service. Each resource answers 405 (with `Allow`) for other methods; unknown
 /// paths answer 404, both as problem documents.

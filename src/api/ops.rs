@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use super::respond::json_ok;
-use crate::startup::AppState;
+use super::state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -110,7 +110,7 @@ fn up_or_down_word(up: bool) -> &'static str {
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let text = state
         .metrics
-        .render(state.db.status(), state.key_cache.unknown_entries())
+        .render(state.db.status(), state.auth.unknown_key_entries())
         .map_err(ApiError::Internal)?;
     Ok(HttpResponse::Ok()
         .insert_header((

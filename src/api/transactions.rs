@@ -9,12 +9,12 @@ use super::openapi_schemas::{
     Forbidden, RateLimited, TransactionNotFound, Unauthorized, Unavailable,
 };
 use super::respond::json_ok;
+use super::state::AppState;
 use crate::auth::Caller;
 use crate::db::models::LedgerEntryRow;
 use crate::db::schema::ledger_entries;
 use crate::domain::{Scope, TransactionId};
 use crate::representation::Transaction;
-use crate::startup::AppState;
 
 /// Read one ledger entry.
 #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions",

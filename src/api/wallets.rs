@@ -14,6 +14,7 @@ use super::openapi_schemas::{
     WalletNotFound,
 };
 use super::respond::{json_ok, respond};
+use super::state::AppState;
 use crate::auth::Caller;
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
@@ -23,7 +24,6 @@ use crate::pipeline::create_wallet::CreateWalletCommand;
 use crate::pipeline::idempotency::{Fingerprint, IdempotentRequest};
 use crate::pipeline::ledger::{EntryCommand, EntryKind};
 use crate::representation::{LedgerPage, Transaction, Wallet};
-use crate::startup::AppState;
 
 /// Longest `owner_ref` and `reference`.
 const REFERENCE_CHARS_MAX: usize = 255;

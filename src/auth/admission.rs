@@ -15,10 +15,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::api::error::ApiError;
+use super::AuthError;
 use crate::domain::KeyId;
 use crate::redis_nodes::{RedisCallError, RedisNodes};
-use crate::startup::AppState;
 
 fn revoked_marker(key: KeyId) -> String {
     format!("walletd:revoked:{key}")
@@ -40,16 +39,16 @@ pub async fn publish_revocation(nodes: &RedisNodes, key: KeyId) -> Result<(), Re
         .await
 }
 
-pub async fn admit(state: &AppState, key: KeyId) -> Result<(), ApiError> {
-    let limit = state.settings.rate_limit.requests_per_second;
+/// Admits `key` unless it is revoked (401) or over `limit` requests this second (429); a
+/// `limit` of 0 disables the rate limit.
+pub async fn admit(redis: &RedisNodes, limit: u32, key: KeyId) -> Result<(), AuthError> {
     let second = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let counter = format!("walletd:rl:{key}:{second}");
     let marker = revoked_marker(key);
-    let answer = state
-        .redis
+    let answer = redis
         .primary()
         .call(async |c| {
             redis::pipe()
@@ -62,9 +61,9 @@ pub async fn admit(state: &AppState, key: KeyId) -> Result<(), ApiError> {
         })
         .await;
     match answer {
-        Ok((true, _)) => Err(ApiError::Unauthorized),
+        Ok((true, _)) => Err(AuthError::Unauthorized),
         Ok((false, count)) if limit > 0 && count > u64::from(limit) => {
-            Err(ApiError::RateLimited { retry_after_s: 1 })
+            Err(AuthError::RateLimited { retry_after_s: 1 })
         }
         Ok(_) => Ok(()),
         Err(error) => {

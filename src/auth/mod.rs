@@ -8,18 +8,35 @@ pub mod admission;
 pub mod key_cache;
 pub mod keys;
 
-use std::future::Future;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, web};
-
-use crate::api::error::ApiError;
+use crate::config::{Settings, ms};
+use crate::db::PgPool;
 use crate::domain::{KeyId, Scope, TenantId};
-use crate::startup::AppState;
-use key_cache::{Cached, KnownKey};
+use crate::metrics::Metrics;
+use crate::redis_nodes::RedisNodes;
+use key_cache::{Cached, KeyCache, KnownKey};
 use keys::PresentedKey;
+
+/// Why a request has no caller, or may not proceed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No key, a malformed, unknown or revoked key, or a wrong secret: 401.
+    #[error("a valid API key is required")]
+    Unauthorized,
+    /// The key's per-second rate limit is spent: 429.
+    #[error("rate limit exceeded; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
+    /// The key could not be checked (Postgres down, lookup slots busy): 503.
+    #[error("the API key could not be checked")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+/// The key lacks the scope a route needs: 403.
+#[derive(Debug, thiserror::Error)]
+#[error("this API key lacks the {0} scope")]
+pub struct MissingScope(pub &'static str);
 
 /// A request's verified caller.
 #[derive(Debug, Clone)]
@@ -31,98 +48,111 @@ pub struct Caller {
 
 impl Caller {
     /// 403 `forbidden` unless the key carries `scope`.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+    pub fn require(&self, scope: Scope) -> Result<(), MissingScope> {
         if self.scopes.contains(&scope) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(scope.as_str()))
+            Err(MissingScope(scope.as_str()))
         }
     }
 }
 
-/// Verifies the bearer token: 401 if absent, malformed, unknown, revoked or wrong.
-async fn authenticate(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
-    let presented = token
-        .and_then(PresentedKey::parse)
-        .ok_or(ApiError::Unauthorized)?;
-    let known = match state.key_cache.get(presented.key_id) {
-        Some(Cached::Known(known)) => known,
-        Some(Cached::Unknown) => {
-            state.metrics.record_unknown_key("hit");
-            return Err(ApiError::Unauthorized);
+/// Authentication and admission of `/v1` callers: the key cache, the database it falls back
+/// to, and the Redis admission check.
+#[derive(Clone)]
+pub struct Authenticator {
+    key_cache: Arc<KeyCache>,
+    db: PgPool,
+    redis: RedisNodes,
+    metrics: Arc<Metrics>,
+    requests_per_second: u32,
+}
+
+impl Authenticator {
+    pub fn new(db: PgPool, redis: RedisNodes, metrics: Arc<Metrics>, settings: &Settings) -> Self {
+        Self {
+            key_cache: Arc::new(KeyCache::new(
+                ms(settings.auth.cache_ttl_ms),
+                ms(settings.auth.negative_cache_ttl_ms),
+                settings.auth.lookups_concurrent_max,
+                ms(settings.auth.lookup_wait_ms_max),
+            )),
+            db,
+            redis,
+            metrics,
+            requests_per_second: settings.rate_limit.requests_per_second,
         }
-        None => look_up(state, presented.key_id).await?,
-    };
-    if !presented.matches(&known.secret_hash) {
-        return Err(ApiError::Unauthorized);
     }
-    known.caller.ok_or(ApiError::Unauthorized)
-}
 
-/// The key's row from Postgres — for ids never seen before, within the cache's cap on
-/// concurrent lookups; the answer, found or not, is cached.
-async fn look_up(state: &AppState, key: KeyId) -> Result<KnownKey, ApiError> {
-    let _slot = if state.key_cache.was_known(key) {
-        None
-    } else {
-        let slot = state.key_cache.lookup_slot().await;
-        Some(slot.map_err(|busy| ApiError::Unavailable(busy.into()))?)
-    };
-    // Requests with the same id may have queued for a slot together: the first one's answer
-    // serves the rest.
-    match state.key_cache.get(key) {
-        Some(Cached::Known(known)) => return Ok(known),
-        Some(Cached::Unknown) => return Err(ApiError::Unauthorized),
-        None => {}
+    /// The caller behind a bearer token, admitted (not revoked, within its rate limit).
+    pub async fn caller(&self, token: Option<&str>) -> Result<Caller, AuthError> {
+        let caller = self.authenticate(token).await?;
+        admission::admit(&self.redis, self.requests_per_second, caller.key).await?;
+        Ok(caller)
     }
-    let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
-    let queried_at = Instant::now();
-    let Some(row) = keys::find_key(&mut conn, key)
-        .await
-        .map_err(ApiError::from_db)?
-    else {
-        let cleared = state.key_cache.put_unknown(key);
-        state.metrics.record_unknown_key("insert");
-        if cleared {
-            state.metrics.record_unknown_key("clear");
+
+    /// Key ids remembered as unknown, for `/metrics`.
+    pub fn unknown_key_entries(&self) -> usize {
+        self.key_cache.unknown_entries()
+    }
+
+    /// Verifies the bearer token: 401 if absent, malformed, unknown, revoked or wrong.
+    async fn authenticate(&self, token: Option<&str>) -> Result<Caller, AuthError> {
+        let presented = token
+            .and_then(PresentedKey::parse)
+            .ok_or(AuthError::Unauthorized)?;
+        let known = match self.key_cache.get(presented.key_id) {
+            Some(Cached::Known(known)) => known,
+            Some(Cached::Unknown) => {
+                self.metrics.record_unknown_key("hit");
+                return Err(AuthError::Unauthorized);
+            }
+            None => self.look_up(presented.key_id).await?,
+        };
+        if !presented.matches(&known.secret_hash) {
+            return Err(AuthError::Unauthorized);
         }
-        return Err(ApiError::Unauthorized);
-    };
-    let known = KnownKey {
-        secret_hash: row.secret_hash,
-        caller: row.revoked_at.is_none().then(|| Caller {
-            tenant: TenantId::from_uuid(row.tenant_id),
-            key: KeyId::from_uuid(row.id),
-            scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
-        }),
-    };
-    state.key_cache.put_known(key, known.clone(), queried_at);
-    Ok(known)
-}
+        known.caller.ok_or(AuthError::Unauthorized)
+    }
 
-fn bearer_token(request: &HttpRequest) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
-
-    fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let state = request.app_data::<web::Data<AppState>>().cloned();
-        let token = bearer_token(request).map(str::to_owned);
-        Box::pin(async move {
-            let state =
-                state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
-            let caller = authenticate(&state, token.as_deref()).await?;
-            admission::admit(&state, caller.key).await?;
-            Ok(caller)
-        })
+    /// The key's row from Postgres — for ids never seen before, within the cache's cap on
+    /// concurrent lookups; the answer, found or not, is cached.
+    async fn look_up(&self, key: KeyId) -> Result<KnownKey, AuthError> {
+        let unavailable = |error: anyhow::Error| AuthError::Unavailable(error);
+        let _slot = if self.key_cache.was_known(key) {
+            None
+        } else {
+            let slot = self.key_cache.lookup_slot().await;
+            Some(slot.map_err(|busy| unavailable(busy.into()))?)
+        };
+        // Requests with the same id may have queued for a slot together: the first one's
+        // answer serves the rest.
+        match self.key_cache.get(key) {
+            Some(Cached::Known(known)) => return Ok(known),
+            Some(Cached::Unknown) => return Err(AuthError::Unauthorized),
+            None => {}
+        }
+        let mut conn = self.db.get().await.map_err(|e| unavailable(e.into()))?;
+        let queried_at = Instant::now();
+        let Some(row) = keys::find_key(&mut conn, key)
+            .await
+            .map_err(|e| unavailable(e.into()))?
+        else {
+            if self.key_cache.put_unknown(key) {
+                self.metrics.record_unknown_key("clear");
+            }
+            self.metrics.record_unknown_key("insert");
+            return Err(AuthError::Unauthorized);
+        };
+        let known = KnownKey {
+            secret_hash: row.secret_hash,
+            caller: row.revoked_at.is_none().then(|| Caller {
+                tenant: TenantId::from_uuid(row.tenant_id),
+                key: KeyId::from_uuid(row.id),
+                scopes: row.scopes.iter().filter_map(|s| s.parse().ok()).collect(),
+            }),
+        };
+        self.key_cache.put_known(key, known.clone(), queried_at);
+        Ok(known)
     }
 }

@@ -1,0 +1,49 @@
+//! What every handler can reach: the business core, the read-side pool, authentication,
+//! metrics and the readiness probe. Built once at start; cheap to clone (all shared).
+
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::db::{self, PgPool};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::readiness::ReadinessProbe;
+use crate::redis_nodes::RedisNodes;
+
+/// Everything a request needs; cheap to clone (all shared).
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub redis: RedisNodes,
+    /// The mutating path (the business core).
+    pub pipeline: Arc<Pipeline>,
+    /// Authentication and admission of `/v1` callers.
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub settings: Arc<Settings>,
+    pub readiness: Arc<ReadinessProbe>,
+}
+
+impl AppState {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        settings.validate()?;
+        let redis = RedisNodes::connect(&settings.redis)?;
+        let db = db::build_pool(&settings.database)?;
+        let metrics = Arc::new(Metrics::new()?);
+        Ok(Self {
+            pipeline: Arc::new(Pipeline::new(
+                db.clone(),
+                &redis,
+                Arc::clone(&metrics),
+                settings,
+            )),
+            auth: Authenticator::new(db.clone(), redis.clone(), Arc::clone(&metrics), settings),
+            db,
+            redis,
+            metrics,
+            settings: Arc::new(settings.clone()),
+            readiness: Arc::default(),
+        })
+    }
+}
