@@ -13,6 +13,7 @@ use crate::auth::keys::{self, IssuedKey, Revoked};
 use crate::config::Settings;
 use crate::db;
 use crate::domain::{KeyId, Scope, TenantId};
+use crate::pipeline;
 use crate::redis_nodes::RedisNodes;
 use crate::startup::Application;
 use crate::telemetry;
@@ -153,9 +154,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Creates the database if missing, applies the migrations, then gives entries written before
+/// the hash chain existed their chain (under the same migration lock).
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     db::create_database_if_missing(&settings.database.url).await?;
-    db::run_migrations(&settings.database.url).await
+    let mut conn = db::run_migrations(&settings.database.url).await?;
+    pipeline::chain::backfill(&mut conn).await?;
+    Ok(())
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<AsyncPgConnection> {

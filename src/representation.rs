@@ -13,8 +13,10 @@ use utoipa::ToSchema;
 
 use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 
-use crate::db::models::{LedgerEntryRow, WalletRow};
-use crate::domain::Currency;
+use sha2::{Digest, Sha256};
+
+use crate::db::models::{HoldRow, LedgerEntryRow, WalletRow};
+use crate::domain::{Currency, jcs};
 
 pub fn render_timestamp(at: DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
@@ -72,13 +74,13 @@ impl Wallet {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Transaction {
     #[schema(format = Uuid)]
     pub id: String,
     #[schema(format = Uuid)]
     pub wallet_id: String,
-    /// `debit` or `credit`.
+    /// `debit`, `credit` or `reversal`.
     #[serde(rename = "type")]
     #[schema(schema_with = entry_type, example = "debit")]
     pub kind: String,
@@ -103,10 +105,47 @@ pub struct Transaction {
     pub idempotency_key: String,
     #[schema(schema_with = timestamp)]
     pub created_at: String,
+    /// The hold this entry captured (a debit), else `null`.
+    #[schema(required = true, format = Uuid)]
+    pub hold_id: Option<String>,
+    /// The entry this reversal reverses, else `null`.
+    #[schema(required = true, format = Uuid)]
+    pub reverses: Option<String>,
+    /// The previous entry's `hash` (64 zeros for `seq` 1).
+    #[schema(schema_with = sha256_hex)]
+    pub prev_hash: String,
+    /// `SHA-256(prev_hash || JCS(this entry without hash))`, lowercase hex.
+    #[schema(schema_with = sha256_hex)]
+    pub hash: String,
 }
 
+/// `prev_hash` of a wallet's first entry.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
 impl Transaction {
+    /// Renders a stored entry. An entry written before the chain existed and not yet given one
+    /// by `walletd migrate` cannot be rendered (its hash is part of the representation).
     pub fn from_row(row: &LedgerEntryRow) -> anyhow::Result<Self> {
+        let (Some(prev_hash), Some(hash)) = (&row.prev_hash, &row.hash) else {
+            anyhow::bail!(
+                "entry {} of wallet {} has no hash yet: run `walletd migrate`",
+                row.seq,
+                row.wallet_id
+            );
+        };
+        let mut rendered = Self::unsealed(row, prev_hash)?;
+        rendered.hash = hash.clone();
+        Ok(rendered)
+    }
+
+    /// Renders an entry and seals it: its `hash` is computed from `prev_hash` and the rest.
+    pub fn sealed(row: &LedgerEntryRow, prev_hash: &str) -> anyhow::Result<Self> {
+        let mut rendered = Self::unsealed(row, prev_hash)?;
+        rendered.hash = rendered.chain_hash()?;
+        Ok(rendered)
+    }
+
+    fn unsealed(row: &LedgerEntryRow, prev_hash: &str) -> anyhow::Result<Self> {
         let currency = currency_of(&row.currency)?;
         Ok(Self {
             id: row.id.hyphenated().to_string(),
@@ -122,6 +161,75 @@ impl Transaction {
             metadata: row.metadata.clone(),
             idempotency_key: row.idempotency_key.clone(),
             created_at: render_timestamp(row.created_at),
+            hold_id: row.hold_id.map(|id| id.hyphenated().to_string()),
+            reverses: row.reverses.map(|id| id.hyphenated().to_string()),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        })
+    }
+
+    /// What this entry's `hash` must be (API.md, Ledger integrity): SHA-256 over `prev_hash`
+    /// as 64 ASCII hex characters followed by the RFC 8785 form of the entry without `hash`.
+    /// See docs/hash-chain.md for the bytes, to recompute them with another tool.
+    pub fn chain_hash(&self) -> anyhow::Result<String> {
+        let mut value = serde_json::to_value(self)?;
+        if let serde_json::Value::Object(members) = &mut value {
+            members.remove("hash");
+        }
+        let canonical = jcs::canonicalize(&value)?;
+        let mut hasher = Sha256::new();
+        hasher.update(self.prev_hash.as_bytes());
+        hasher.update(&canonical);
+        Ok(hex::encode(hasher.finalize()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Hold {
+    #[schema(format = Uuid)]
+    pub id: String,
+    #[schema(format = Uuid)]
+    pub wallet_id: String,
+    #[schema(schema_with = unsigned_money, example = "30.00")]
+    pub amount: String,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    pub currency: String,
+    #[schema(schema_with = hold_status, example = "active")]
+    pub status: String,
+    /// `0` (in the currency's digits) until captured.
+    #[schema(schema_with = unsigned_money, example = "0.00")]
+    pub captured_amount: String,
+    #[schema(required = true)]
+    pub reference: Option<String>,
+    #[schema(schema_with = timestamp)]
+    pub expires_at: String,
+    #[schema(schema_with = timestamp)]
+    pub created_at: String,
+    #[schema(schema_with = timestamp)]
+    pub updated_at: String,
+}
+
+impl Hold {
+    /// Renders a hold. An active hold past `expires_at` is shown as `expired` even before the
+    /// sweeper marks it so: it can no longer be captured (`at` is the time of the reading).
+    pub fn from_row(row: &HoldRow, at: DateTime<Utc>) -> anyhow::Result<Self> {
+        let currency = currency_of(&row.currency)?;
+        let status = if row.status == "active" && row.expires_at <= at {
+            "expired".to_owned()
+        } else {
+            row.status.clone()
+        };
+        Ok(Self {
+            id: row.id.hyphenated().to_string(),
+            wallet_id: row.wallet_id.hyphenated().to_string(),
+            amount: currency.render(row.amount),
+            currency: currency.code().to_owned(),
+            status,
+            captured_amount: currency.render(row.captured_amount),
+            reference: row.reference.clone(),
+            expires_at: render_timestamp(row.expires_at),
+            created_at: render_timestamp(row.created_at),
+            updated_at: render_timestamp(row.updated_at),
         })
     }
 }
@@ -152,7 +260,7 @@ pub mod schema {
 
     /// `type` of a ledger entry.
     pub fn entry_type() -> ObjectBuilder {
-        string().enum_values(Some(["debit", "credit"]))
+        string().enum_values(Some(["debit", "credit", "reversal"]))
     }
 
     pub fn timestamp() -> ObjectBuilder {
@@ -178,12 +286,24 @@ pub mod schema {
         ))
     }
 
+    pub fn hold_status() -> ObjectBuilder {
+        string().enum_values(Some(["active", "captured", "voided", "expired"]))
+    }
+
+    pub fn sha256_hex() -> ObjectBuilder {
+        string()
+            .pattern(Some("^[0-9a-f]{64}$"))
+            .description(Some("Lowercase hex SHA-256"))
+    }
+
     fn string() -> ObjectBuilder {
         ObjectBuilder::new().schema_type(Type::String)
     }
 }
 
-use schema::{entry_type, signed_money, timestamp, unsigned_money, wallet_status};
+use schema::{
+    entry_type, hold_status, sha256_hex, signed_money, timestamp, unsigned_money, wallet_status,
+};
 
 #[cfg(test)]
 mod tests {

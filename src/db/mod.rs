@@ -81,8 +81,9 @@ async fn establish(
 }
 
 /// Applies pending migrations. Needs tokio's multi-threaded runtime (the harness blocks in
-/// place), so it runs before the HTTP server starts.
-pub async fn run_migrations(url: &str) -> anyhow::Result<()> {
+/// place), so it runs before the HTTP server starts. Returns the connection, still holding the
+/// migration lock, for the data steps that follow (see `pipeline::chain`).
+pub async fn run_migrations(url: &str) -> anyhow::Result<AsyncPgConnection> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
@@ -98,7 +99,7 @@ pub async fn run_migrations(url: &str) -> anyhow::Result<()> {
     for version in applied {
         tracing::info!(%version, "migration applied");
     }
-    Ok(())
+    Ok(harness.into_inner())
 }
 
 /// True when every embedded migration has been applied (used by `/readyz`).

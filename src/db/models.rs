@@ -1,11 +1,11 @@
-//! Rows as stored. Converting them to API representations happens in `api::representations`.
+//! Rows as stored. Converting them to API representations happens in `representation`.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::schema::{api_keys, ledger_entries, wallets};
+use super::schema::{api_keys, holds, ledger_entries, wallets};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
@@ -22,6 +22,8 @@ pub struct WalletRow {
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The newest entry's hash (64 zeros before the first).
+    pub last_hash: String,
 }
 
 impl WalletRow {
@@ -58,6 +60,20 @@ pub struct LedgerEntryRow {
     pub metadata: serde_json::Value,
     pub idempotency_key: String,
     pub created_at: DateTime<Utc>,
+    /// A reversal's effect on the wallet (`credit` or `debit`); `None` for other entries.
+    pub direction: Option<String>,
+    pub hold_id: Option<Uuid>,
+    pub reverses: Option<Uuid>,
+    /// `None` only for entries written before the chain existed, until `walletd migrate`.
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+impl LedgerEntryRow {
+    /// Whether the entry adds to the balance (a credit, or a reversal of a debit).
+    pub fn is_inflow(&self) -> bool {
+        self.direction.as_deref().unwrap_or(&self.entry_type) == "credit"
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -76,6 +92,29 @@ pub struct NewLedgerEntry<'a> {
     pub description: Option<&'a str>,
     pub metadata: &'a serde_json::Value,
     pub idempotency_key: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub direction: Option<&'a str>,
+    pub hold_id: Option<Uuid>,
+    pub reverses: Option<Uuid>,
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = holds, check_for_backend(diesel::pg::Pg))]
+pub struct HoldRow {
+    pub wallet_id: Uuid,
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub captured_amount: Decimal,
+    pub reference: Option<String>,
+    pub idempotency_key: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

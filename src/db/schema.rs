@@ -34,6 +34,24 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        last_hash -> Text,
+    }
+}
+
+diesel::table! {
+    holds (wallet_id, id) {
+        wallet_id -> Uuid,
+        id -> Uuid,
+        tenant_id -> Uuid,
+        amount -> Numeric,
+        currency -> Bpchar,
+        status -> Text,
+        captured_amount -> Numeric,
+        reference -> Nullable<Text>,
+        idempotency_key -> Text,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -70,10 +88,16 @@ diesel::table! {
         metadata -> Jsonb,
         idempotency_key -> Text,
         created_at -> Timestamptz,
+        direction -> Nullable<Text>,
+        hold_id -> Nullable<Uuid>,
+        reverses -> Nullable<Uuid>,
+        prev_hash -> Nullable<Text>,
+        hash -> Nullable<Text>,
     }
 }
 
 diesel::joinable!(api_keys -> tenants (tenant_id));
+diesel::joinable!(holds -> wallets (wallet_id));
 diesel::joinable!(ledger_entries -> wallets (wallet_id));
 diesel::joinable!(wallets -> tenants (tenant_id));
 
@@ -81,6 +105,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     tenants,
     api_keys,
     wallets,
+    holds,
     idempotency_keys,
     ledger_entries,
 );

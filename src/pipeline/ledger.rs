@@ -6,19 +6,18 @@
 //! one after the other, and each sees the balance the other committed.
 
 use diesel::prelude::*;
-use diesel::sql_types::Timestamptz;
 use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
+use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::idempotency::Claim;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
-use crate::db::models::{LedgerEntryRow, NewLedgerEntry, WalletRow};
-use crate::db::schema::{ledger_entries, wallets};
+use crate::db::models::WalletRow;
+use crate::db::schema::wallets;
 use crate::domain::money::BALANCE_MAX;
-use crate::domain::{BoundedText, Metadata, Money, TransactionId, WalletId};
-use crate::representation::Transaction;
+use crate::domain::{BoundedText, Metadata, Money, WalletId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -147,58 +146,30 @@ pub(super) async fn post_entry_once(
                     "verdict Apply without a wallet"
                 )));
             };
-            let entry = write_entry(conn, &wallet, claim, command, balance_after).await?;
-            let body = serde_json::to_vec(&Transaction::from_row(&entry).map_err(TxError::Render)?)
-                .map_err(|e| TxError::Render(e.into()))?;
+            let entry = NewEntry {
+                kind: command.kind.as_str(),
+                direction: match command.kind {
+                    EntryKind::Debit => Direction::Out,
+                    EntryKind::Credit => Direction::In,
+                },
+                amount: command.money.amount(),
+                currency: command.money.currency().code(),
+                reference: command.reference.as_ref().map(BoundedText::as_str),
+                description: command.description.as_ref().map(BoundedText::as_str),
+                metadata: &command.metadata,
+                idempotency_key: claim.key().as_str(),
+                hold_id: None,
+                reverses: None,
+                held_after: wallet.held,
+            };
+            let (shown, moved) = append_entry(conn, &wallet, entry, entry_time()).await?;
+            debug_assert_eq!(moved.balance, balance_after);
+            let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
             StoredResponse { status: 201, body }
         }
     };
     claim.complete(conn, &response).await?;
     Ok(response)
-}
-
-/// Updates the locked wallet row and appends the ledger entry. The database re-checks all of
-/// it: the arithmetic CHECK, the chain trigger and the available-balance floor.
-async fn write_entry(
-    conn: &mut PgConn,
-    wallet: &WalletRow,
-    claim: &Claim,
-    command: &EntryCommand,
-    balance_after: Decimal,
-) -> Result<LedgerEntryRow, diesel::result::Error> {
-    debug_assert!(balance_after - wallet.held + wallet.overdraft_limit >= Decimal::ZERO);
-    let updated: WalletRow = diesel::update(wallets::table.find(wallet.id))
-        .set((
-            wallets::balance.eq(balance_after),
-            wallets::version.eq(wallets::version + 1),
-            wallets::last_seq.eq(wallets::last_seq + 1),
-            wallets::updated_at.eq(diesel::dsl::sql::<Timestamptz>("clock_timestamp()")),
-        ))
-        .returning(WalletRow::as_returning())
-        .get_result(conn)
-        .await?;
-    debug_assert_eq!(updated.last_seq, wallet.last_seq + 1);
-
-    let entry = NewLedgerEntry {
-        wallet_id: wallet.id,
-        seq: updated.last_seq,
-        id: TransactionId::generate().as_uuid(),
-        tenant_id: wallet.tenant_id,
-        entry_type: command.kind.as_str(),
-        amount: command.money.amount(),
-        currency: command.money.currency().code(),
-        balance_before: wallet.balance,
-        balance_after,
-        reference: command.reference.as_ref().map(BoundedText::as_str),
-        description: command.description.as_ref().map(BoundedText::as_str),
-        metadata: &command.metadata,
-        idempotency_key: claim.key().as_str(),
-    };
-    diesel::insert_into(ledger_entries::table)
-        .values(&entry)
-        .returning(LedgerEntryRow::as_returning())
-        .get_result(conn)
-        .await
 }
 
 #[cfg(test)]
@@ -223,6 +194,7 @@ mod tests {
             status: "active".into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            last_hash: crate::representation::GENESIS_HASH.to_owned(),
         }
     }
 

@@ -20,6 +20,8 @@
 //! This is the business core: it knows nothing of HTTP. It answers [`Outcome`]s (stored
 //! responses) and [`PipelineError`]s; the API layer maps those to statuses.
 
+pub mod append;
+pub mod chain;
 pub mod create_wallet;
 pub mod deadline;
 pub mod idempotency;

@@ -194,7 +194,7 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
         .await
         .batch_execute(&format!(
             "DO $$
-             DECLARE w uuid := '{wallet}'; t uuid; running numeric := 0;
+             DECLARE w uuid := '{wallet}'; t uuid; running numeric := 0; previous text := repeat('0', 64);
              BEGIN
                SELECT tenant_id INTO t FROM wallets WHERE id = w;
                FOR i IN 1..1000 LOOP
@@ -204,9 +204,13 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
                  UPDATE wallets SET balance = balance + 1000000000000000, last_seq = last_seq + 1,
                                     version = version + 1 WHERE id = w;
                  INSERT INTO ledger_entries (wallet_id, seq, id, tenant_id, entry_type, amount, currency,
-                                             balance_before, balance_after, idempotency_key)
+                                             balance_before, balance_after, idempotency_key,
+                                             prev_hash, hash)
                  VALUES (w, i, gen_random_uuid(), t, 'credit', 1000000000000000, 'EUR',
-                         running, running + 1000000000000000, 'bulk-' || i);
+                         running, running + 1000000000000000, 'bulk-' || i,
+                         previous, encode(sha256(('bulk-' || i)::bytea), 'hex'));
+                 previous := encode(sha256(('bulk-' || i)::bytea), 'hex');
+                 UPDATE wallets SET last_hash = previous WHERE id = w;
                  running := running + 1000000000000000;
                END LOOP;
              END $$;"
