@@ -24,6 +24,7 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub lock: LockSettings,
     pub pipeline: PipelineSettings,
+    pub holds: HoldSettings,
     pub idempotency: IdempotencySettings,
     pub rate_limit: RateLimitSettings,
     pub auth: AuthSettings,
@@ -100,6 +101,12 @@ pub struct PipelineSettings {
     pub deadline_ms: u64,
     pub concurrent_max: usize,
     pub wallet_queue_depth_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoldSettings {
+    pub sweep_interval_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -228,6 +235,10 @@ impl Settings {
                 && self.idempotency.purge_batch_size >= 1
                 && self.idempotency.purge_batches_per_run_max >= 1,
             "idempotency.purge_interval_s, purge_batch_size and purge_batches_per_run_max must be >= 1"
+        );
+        ensure!(
+            self.holds.sweep_interval_s >= 1,
+            "holds.sweep_interval_s must be >= 1"
         );
         ensure!(
             self.auth.lookups_concurrent_max >= 1,

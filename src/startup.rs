@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::pipeline::expiry;
 use crate::pipeline::retention::{self, RetentionPolicy};
 
 pub struct Application {
@@ -33,6 +34,10 @@ impl Application {
             Arc::clone(&state.metrics),
             RetentionPolicy::from_settings(&settings.idempotency),
             Duration::from_secs(settings.idempotency.purge_interval_s),
+        ));
+        tokio::spawn(expiry::run_forever(
+            state.db.clone(),
+            Duration::from_secs(settings.holds.sweep_interval_s),
         ));
         let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// No such transaction for this tenant.
     #[error("transaction not found")]
     TransactionNotFound,
+    /// No such hold for this tenant.
+    #[error("hold not found")]
+    HoldNotFound,
     /// No such route.
     #[error("no such resource")]
     RouteNotFound,
@@ -87,6 +90,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::WalletNotFound => "wallet_not_found",
             ApiError::TransactionNotFound => "transaction_not_found",
+            ApiError::HoldNotFound => "hold_not_found",
             ApiError::RouteNotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::IdempotencyKeyInProgress => "idempotency_key_in_progress",
@@ -111,6 +115,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "Forbidden",
             ApiError::WalletNotFound => "Wallet not found",
             ApiError::TransactionNotFound => "Transaction not found",
+            ApiError::HoldNotFound => "Hold not found",
             ApiError::RouteNotFound => "Not found",
             ApiError::MethodNotAllowed(_) => "Method not allowed",
             ApiError::IdempotencyKeyInProgress => "Idempotency-Key in progress",
@@ -202,9 +207,10 @@ impl ResponseError for ApiError {
             | ApiError::IdempotencyKeyInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::WalletNotFound | ApiError::TransactionNotFound | ApiError::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::WalletNotFound
+            | ApiError::TransactionNotFound
+            | ApiError::HoldNotFound
+            | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyInProgress => StatusCode::CONFLICT,
             ApiError::IdempotencyKeyExpired => StatusCode::GONE,

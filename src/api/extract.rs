@@ -38,8 +38,14 @@ impl<T: DeserializeOwned> JsonBody<T> {
         Self::parse(&bytes)
     }
 
-    /// Parses a body already read (and bounded).
+    /// Parses a body already read (and bounded). An empty body is `{}` (a void or a full
+    /// capture needs no fields).
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
+        let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}".as_slice()
+        } else {
+            bytes
+        };
         let invalid =
             |e: serde_json::Error| ApiError::Validation(format!("invalid request body: {e}"));
         // First the whole tree, refusing duplicate keys at any depth (serde's derive only

@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod error;
 pub mod extract;
+pub mod holds;
 pub mod middleware;
 pub mod openapi_schemas;
 pub mod ops;
@@ -61,6 +62,31 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::get().to(transactions::get_transaction),
             "GET",
         ))
+        .service(resource(
+            "/v1/transactions/{id}/reverse",
+            web::post().to(transactions::reverse),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}/holds",
+            web::post().to(holds::place_hold),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/holds/{id}",
+            web::get().to(holds::get_hold),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/holds/{id}/capture",
+            web::post().to(holds::capture_hold),
+            "POST",
+        ))
+        .service(resource(
+            "/v1/holds/{id}/void",
+            web::post().to(holds::void_hold),
+            "POST",
+        ))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
         }));
@@ -79,7 +105,8 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
     info(title = "walletd", description = "Idempotent wallet debit/credit service. Errors are RFC 9457 problem documents with a stable `code`."),
     paths(
         wallets::create_wallet, wallets::get_wallet, wallets::debit, wallets::credit, wallets::ledger,
-        transactions::get_transaction,
+        transactions::get_transaction, transactions::reverse,
+        holds::place_hold, holds::get_hold, holds::capture_hold, holds::void_hold,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(
@@ -93,6 +120,9 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
             openapi_schemas::UnsupportedMediaType, openapi_schemas::DebitDeclined,
             openapi_schemas::CreditDeclined, openapi_schemas::IdempotencyKeyReused,
             openapi_schemas::RateLimited, openapi_schemas::Unavailable,
+            openapi_schemas::HoldNotFound, openapi_schemas::ReverseNotFound,
+            openapi_schemas::PlaceHoldDeclined, openapi_schemas::CaptureDeclined,
+            openapi_schemas::VoidDeclined, openapi_schemas::ReverseDeclined,
         ),
     ),
     modifiers(&BearerAuth, &CommonHeaders)

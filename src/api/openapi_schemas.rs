@@ -23,6 +23,8 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, PartialSchema, ToResponse, ToSchema};
 
 use super::error::PROBLEM_JSON;
+use super::holds::{CaptureBody, PlaceHoldBody, VoidBody};
+use super::transactions::ReverseBody;
 use super::wallets::{CreateWalletBody, EntryBody};
 use crate::domain::Currency;
 use crate::domain::metadata::{
@@ -185,6 +187,121 @@ impl ToSchema for EntryBody {
         for level in METADATA_VALUE_LEVELS {
             schemas.push((metadata_value_name(level), metadata_value_schema(level)));
         }
+    }
+}
+
+impl PartialSchema for PlaceHoldBody {
+    fn schema() -> RefOr<Schema> {
+        let mut one_of = OneOfBuilder::new()
+            .description(Some(
+                "A hold in the wallet's currency. One branch per number of minor units: the \
+                 amount is a decimal string > 0 and <= 10^15 with at most that many fraction \
+                 digits; expires_in_seconds 1..=604800 (default 900). Unknown fields are refused.",
+            ))
+            .examples([json!({
+                "amount": "30.00", "currency": "EUR", "reference": "booking-9",
+                "expires_in_seconds": 900
+            })]);
+        for (digits, codes) in currencies_by_minor_units() {
+            let branch = closed_object()
+                .title(Some(format!("{digits} minor units")))
+                .property(
+                    "amount",
+                    string()
+                        .pattern(Some(positive_amount_pattern(digits)))
+                        .examples([example_for(digits)]),
+                )
+                .required("amount")
+                .property("currency", currency_enum(&codes))
+                .required("currency")
+                .property(
+                    "reference",
+                    optional_text(255, "The caller's reference, e.g. a booking id"),
+                )
+                .property(
+                    "expires_in_seconds",
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1))
+                        .maximum(Some(604_800)),
+                );
+            one_of = one_of.item(branch);
+        }
+        RefOr::T(Schema::OneOf(one_of.build()))
+    }
+}
+
+impl ToSchema for PlaceHoldBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PlaceHoldBody")
+    }
+}
+
+/// An amount whose currency is the hold's or the entry's (at most 4 fraction digits here; more
+/// than that currency has is 400).
+fn pending_amount(description: &str) -> ObjectBuilder {
+    string()
+        .pattern(Some(positive_amount_pattern(4)))
+        .description(Some(description.to_owned()))
+}
+
+impl PartialSchema for CaptureBody {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .description(Some(
+                "Capture the whole hold (`{}`) or part of it. Unknown fields are refused.",
+            ))
+            .property(
+                "amount",
+                pending_amount(
+                    "At most the hold's amount, in the hold's currency; default the whole hold",
+                ),
+            )
+            .examples([json!({"amount": "25.00"})])
+            .into()
+    }
+}
+
+impl ToSchema for CaptureBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("CaptureBody")
+    }
+}
+
+impl PartialSchema for VoidBody {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .description(Some("Always `{}`."))
+            .examples([json!({})])
+            .into()
+    }
+}
+
+impl ToSchema for VoidBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("VoidBody")
+    }
+}
+
+impl PartialSchema for ReverseBody {
+    fn schema() -> RefOr<Schema> {
+        closed_object()
+            .description(Some(
+                "Reverse all that is not yet reversed (`{}`) or part of it. Unknown fields are refused.",
+            ))
+            .property(
+                "amount",
+                pending_amount("In the original's currency; default all that is not yet reversed"),
+            )
+            .property("reason", optional_text(1024, "Why; recorded as the reversal's description"))
+            .examples([json!({"amount": "5.00", "reason": "partial refund"})])
+            .into()
+    }
+}
+
+impl ToSchema for ReverseBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ReverseBody")
     }
 }
 
@@ -476,6 +593,26 @@ problem_responses! {
         [idempotent_replayed()];
     TransactionNotFound: 404, ["transaction_not_found"],
         "No such transaction for this tenant (also an id that is not a UUID)", [];
+    ReverseNotFound: 404, ["transaction_not_found"],
+        "No such transaction for this tenant (also an id that is not a UUID)",
+        [idempotent_replayed()];
+    HoldNotFound: 404, ["hold_not_found"],
+        "No such hold for this tenant (also an id that is not a UUID)", [idempotent_replayed()];
+    PlaceHoldDeclined: 422,
+        ["insufficient_funds", "currency_mismatch", "wallet_closed", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
+    CaptureDeclined: 422,
+        ["hold_expired", "hold_not_active", "capture_exceeds_hold", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
+    VoidDeclined: 422, ["hold_not_active", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
+    ReverseDeclined: 422,
+        ["reversal_exceeds_original", "not_reversible", "insufficient_funds", "idempotency_key_reused"],
+        "Declined; a decline other than idempotency_key_reused is stored and replayed",
+        [idempotent_replayed()];
     IdempotencyKeyInProgress: 409, ["idempotency_key_in_progress"],
         "A request with this Idempotency-Key is still executing; nothing changed", [retry_after()];
     RequestTimeout: 408, ["request_timeout"],

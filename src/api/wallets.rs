@@ -26,9 +26,9 @@ use crate::pipeline::ledger::{EntryCommand, EntryKind};
 use crate::representation::{LedgerPage, Transaction, Wallet};
 
 /// Longest `owner_ref` and `reference`.
-const REFERENCE_CHARS_MAX: usize = 255;
+pub const REFERENCE_CHARS_MAX: usize = 255;
 /// Longest `description`.
-const DESCRIPTION_CHARS_MAX: usize = 1024;
+pub const DESCRIPTION_CHARS_MAX: usize = 1024;
 /// Default and largest page of `GET /v1/wallets/{id}/ledger`.
 const LEDGER_PAGE_DEFAULT: i64 = 100;
 const LEDGER_PAGE_MAX: i64 = 1000;

@@ -57,6 +57,10 @@ uuid_id!(
     /// One ledger entry (a "transaction" in the API).
     TransactionId
 );
+uuid_id!(
+    /// A hold: money reserved on a wallet until captured, voided or expired.
+    HoldId
+);
 
 #[cfg(test)]
 mod tests {

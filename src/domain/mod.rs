@@ -10,8 +10,8 @@ pub mod scope;
 pub mod text;
 
 pub use idempotency_key::IdempotencyKey;
-pub use ids::{KeyId, TenantId, TransactionId, WalletId};
+pub use ids::{HoldId, KeyId, TenantId, TransactionId, WalletId};
 pub use metadata::{Metadata, MetadataError};
-pub use money::{Currency, Money, MoneyError, NonNegativeAmount};
+pub use money::{Currency, Money, MoneyError, NonNegativeAmount, PendingAmount};
 pub use scope::Scope;
 pub use text::BoundedText;

@@ -116,6 +116,28 @@ impl Money {
     }
 }
 
+/// An amount whose currency is not known yet: a capture or a reversal names only the hold or
+/// the entry it acts on. Checked now as far as it can be (a decimal > 0, at most 10^15, at
+/// most 4 fraction digits, the most any currency has), and completed with
+/// [`PendingAmount::in_currency`] once the currency is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingAmount(String);
+
+/// A currency with the most minor units (4), to check an amount before its currency is known.
+const WIDEST_CURRENCY: &str = "CLF";
+
+impl PendingAmount {
+    pub fn parse(text: String) -> Result<Self, MoneyError> {
+        Money::parse(&text, Currency::parse(WIDEST_CURRENCY)?)?;
+        Ok(Self(text))
+    }
+
+    /// The amount in `currency`: refused if it has more fraction digits than `currency` has.
+    pub fn in_currency(&self, currency: Currency) -> Result<Money, MoneyError> {
+        Money::parse(&self.0, currency)
+    }
+}
+
 /// A non-negative amount (an overdraft limit): like [`Money`], but zero is allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NonNegativeAmount(Decimal);

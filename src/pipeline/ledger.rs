@@ -5,17 +5,15 @@
 //! and commit them together. Whatever the Redis lock did, two debits of one wallet meet here
 //! one after the other, and each sees the balance the other committed.
 
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::idempotency::Claim;
+use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
 use crate::db::models::WalletRow;
-use crate::db::schema::wallets;
 use crate::domain::money::BALANCE_MAX;
 use crate::domain::{BoundedText, Metadata, Money, WalletId};
 
@@ -127,14 +125,7 @@ pub(super) async fn post_entry_once(
     claim: &Claim,
     command: &EntryCommand,
 ) -> Result<StoredResponse, TxError> {
-    let wallet: Option<WalletRow> = wallets::table
-        .filter(wallets::id.eq(command.wallet.as_uuid()))
-        .filter(wallets::tenant_id.eq(claim.tenant().as_uuid()))
-        .select(WalletRow::as_select())
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?;
+    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     claim.reassert(conn).await??;
 
     let response = match decide(wallet.as_ref(), command) {

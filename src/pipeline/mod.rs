@@ -24,12 +24,16 @@ pub mod append;
 pub mod chain;
 pub mod create_wallet;
 pub mod deadline;
+pub mod expiry;
+pub mod holds;
 pub mod idempotency;
 pub mod ledger;
 pub mod lock;
+pub mod locked;
 pub mod outcome;
 pub mod replay_cache;
 pub mod retention;
+pub mod reversal;
 pub mod transaction;
 
 use std::sync::Arc;
@@ -45,11 +49,13 @@ use crate::metrics::Metrics;
 use crate::redis_nodes::RedisNodes;
 use create_wallet::CreateWalletCommand;
 use deadline::Deadline;
+use holds::{CaptureCommand, PlaceHoldCommand, VoidCommand};
 use idempotency::{Begin, Claim, IdempotentRequest};
 use ledger::EntryCommand;
 use lock::{LockError, LockMode, WalletLocks};
 pub use outcome::{Decline, Outcome, PipelineError, StoredResponse};
 use replay_cache::{Cached, ReplayCache};
+use reversal::ReverseCommand;
 use transaction::TxError;
 
 /// A mutating command: what it locks and what it does inside the row-locked transaction.
@@ -59,6 +65,14 @@ pub enum Command {
     CreateWallet(CreateWalletCommand),
     /// A debit or credit of one wallet.
     Entry(EntryCommand),
+    /// A hold placed on a wallet.
+    PlaceHold(PlaceHoldCommand),
+    /// A capture of a hold: its wallet is resolved before the lock.
+    Capture(CaptureCommand),
+    /// A void of a hold: its wallet is resolved before the lock.
+    Void(VoidCommand),
+    /// A reversal of an entry: its wallet is resolved before the lock.
+    Reverse(ReverseCommand),
 }
 
 impl Command {
@@ -67,15 +81,31 @@ impl Command {
         match self {
             Command::CreateWallet(_) => "create_wallet",
             Command::Entry(entry) => entry.kind.as_str(),
+            Command::PlaceHold(_) => "place_hold",
+            Command::Capture(_) => "capture",
+            Command::Void(_) => "void",
+            Command::Reverse(_) => "reverse",
         }
     }
 
-    /// The wallet whose lock the command takes, if any.
+    /// The wallet whose lock the command takes, if any (after [`Pipeline::resolve`]).
     fn locks(&self) -> Option<WalletId> {
         match self {
             Command::CreateWallet(_) => None,
             Command::Entry(entry) => Some(entry.wallet),
+            Command::PlaceHold(place) => Some(place.wallet),
+            Command::Capture(capture) => capture.wallet,
+            Command::Void(void) => void.wallet,
+            Command::Reverse(reverse) => reverse.wallet,
         }
+    }
+
+    /// Whether a committed answer of this command is a ledger entry (counted in metrics).
+    fn writes_entry(&self) -> bool {
+        matches!(
+            self,
+            Command::Entry(_) | Command::Capture(_) | Command::Reverse(_)
+        )
     }
 
     /// Layers 3 and 4: inside the transaction, after the statements are bounded.
@@ -87,6 +117,10 @@ impl Command {
         match self {
             Command::CreateWallet(create) => create_wallet::create_once(conn, claim, create).await,
             Command::Entry(entry) => ledger::post_entry_once(conn, claim, entry).await,
+            Command::PlaceHold(place) => holds::place_once(conn, claim, place).await,
+            Command::Capture(capture) => holds::capture_once(conn, claim, capture).await,
+            Command::Void(void) => holds::void_once(conn, claim, void).await,
+            Command::Reverse(reverse) => reversal::reverse_once(conn, claim, reverse).await,
         }
     }
 }
@@ -170,6 +204,10 @@ impl Pipeline {
             return Ok(Outcome::Replayed(stored));
         }
 
+        // A command that names a hold or an entry learns its wallet now, to lock it (and the
+        // key row names it); the transaction re-checks it under the row lock.
+        let (request, command) = self.resolve(request, command, deadline).await?;
+
         // A place in the wallet's local queue, before anything is written: a full queue sheds
         // the request with nothing to undo.
         let place = match command.locks() {
@@ -205,12 +243,56 @@ impl Pipeline {
         }
 
         let stored = settle(claim, result).await?;
-        if let Command::Entry(entry) = &command {
-            self.metrics
-                .record_entry(entry.kind.as_str(), stored.status);
+        if command.writes_entry() {
+            self.metrics.record_entry(operation, stored.status);
         }
         self.replay_cache.store(&request, &stored).await;
         Ok(Outcome::Executed(stored))
+    }
+
+    /// Fills in the wallet of a capture, void or reversal (a read, before any lock or write).
+    /// An unknown hold or entry keeps no wallet, and its transaction stores the 404 decline.
+    async fn resolve(
+        &self,
+        mut request: IdempotentRequest,
+        mut command: Command,
+        deadline: Deadline,
+    ) -> Result<(IdempotentRequest, Command), PipelineError> {
+        let tenant = request.tenant;
+        let wallet = match &command {
+            Command::Capture(CaptureCommand { hold, .. })
+            | Command::Void(VoidCommand { hold, .. }) => {
+                let hold = *hold;
+                let mut conn = transaction::connection(&self.db, &deadline).await?;
+                transaction::within_deadline(&deadline, async {
+                    holds::hold_wallet(&mut conn, tenant, hold)
+                        .await
+                        .map_err(PipelineError::from_db)
+                })
+                .await?
+            }
+            Command::Reverse(ReverseCommand { transaction, .. }) => {
+                let transaction = *transaction;
+                let mut conn = transaction::connection(&self.db, &deadline).await?;
+                transaction::within_deadline(&deadline, async {
+                    reversal::transaction_wallet(&mut conn, tenant, transaction)
+                        .await
+                        .map_err(PipelineError::from_db)
+                })
+                .await?
+            }
+            Command::CreateWallet(_) | Command::Entry(_) | Command::PlaceHold(_) => {
+                return Ok((request, command));
+            }
+        };
+        match &mut command {
+            Command::Capture(capture) => capture.wallet = wallet,
+            Command::Void(void) => void.wallet = wallet,
+            Command::Reverse(reverse) => reverse.wallet = wallet,
+            Command::CreateWallet(_) | Command::Entry(_) | Command::PlaceHold(_) => {}
+        }
+        request.wallet = wallet;
+        Ok((request, command))
     }
 
     /// Layer 1, fast path: the Redis replay cache (skipped when Redis is down).

@@ -41,6 +41,27 @@ pub enum Decline {
     /// The wallet is closed and takes no more entries.
     #[error("wallet is closed")]
     WalletClosed,
+    /// No such hold for this tenant.
+    #[error("hold not found")]
+    HoldNotFound,
+    /// The hold is past its `expires_at`: it can no longer be captured.
+    #[error("the hold expired at {0}")]
+    HoldExpired(String),
+    /// The hold was already captured, voided or expired.
+    #[error("the hold is {0}, not active")]
+    HoldNotActive(String),
+    /// A capture above the hold's amount.
+    #[error("{0}")]
+    CaptureExceedsHold(String),
+    /// No such transaction for this tenant (to reverse).
+    #[error("transaction not found")]
+    TransactionNotFound,
+    /// The reversals of one transaction would total more than it.
+    #[error("{0}")]
+    ReversalExceedsOriginal(String),
+    /// A reversal cannot itself be reversed.
+    #[error("a reversal cannot be reversed")]
+    NotReversible,
 }
 
 impl Decline {
@@ -51,15 +72,27 @@ impl Decline {
             Decline::CurrencyMismatch(_) => "currency_mismatch",
             Decline::WalletNotFound => "wallet_not_found",
             Decline::WalletClosed => "wallet_closed",
+            Decline::HoldNotFound => "hold_not_found",
+            Decline::HoldExpired(_) => "hold_expired",
+            Decline::HoldNotActive(_) => "hold_not_active",
+            Decline::CaptureExceedsHold(_) => "capture_exceeds_hold",
+            Decline::TransactionNotFound => "transaction_not_found",
+            Decline::ReversalExceedsOriginal(_) => "reversal_exceeds_original",
+            Decline::NotReversible => "not_reversible",
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
-            Decline::WalletNotFound => 404,
+            Decline::WalletNotFound | Decline::HoldNotFound | Decline::TransactionNotFound => 404,
             Decline::InsufficientFunds(_)
             | Decline::CurrencyMismatch(_)
-            | Decline::WalletClosed => 422,
+            | Decline::WalletClosed
+            | Decline::HoldExpired(_)
+            | Decline::HoldNotActive(_)
+            | Decline::CaptureExceedsHold(_)
+            | Decline::ReversalExceedsOriginal(_)
+            | Decline::NotReversible => 422,
         }
     }
 
@@ -69,6 +102,13 @@ impl Decline {
             Decline::CurrencyMismatch(_) => "Currency mismatch",
             Decline::WalletNotFound => "Wallet not found",
             Decline::WalletClosed => "Wallet closed",
+            Decline::HoldNotFound => "Hold not found",
+            Decline::HoldExpired(_) => "Hold expired",
+            Decline::HoldNotActive(_) => "Hold not active",
+            Decline::CaptureExceedsHold(_) => "Capture exceeds hold",
+            Decline::TransactionNotFound => "Transaction not found",
+            Decline::ReversalExceedsOriginal(_) => "Reversal exceeds original",
+            Decline::NotReversible => "Not reversible",
         }
     }
 

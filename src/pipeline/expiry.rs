@@ -1,0 +1,56 @@
+//! The hold expiry sweeper: a bounded background job that releases active holds past their
+//! `expires_at` and raises their wallets' `version`. Correctness does not wait for it — a
+//! capture of an expired hold is refused (and expires it) whenever it comes — the sweeper only
+//! returns the money to `available` without anyone asking.
+//!
+//! Every replica runs it; each wallet is handled in its own transaction under its row lock,
+//! like any other change of that wallet, so it never races a capture.
+
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+
+use super::append::entry_time;
+use crate::db::PgPool;
+use crate::db::schema::holds;
+
+/// Wallets handled per run at most (each in its own transaction).
+const WALLETS_PER_RUN_MAX: i64 = 500;
+
+/// Runs the sweeper every `interval` until the process ends; a failed run is logged and
+/// retried at the next interval.
+pub async fn run_forever(pool: PgPool, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match sweep(&pool).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "expired holds released"),
+            Err(error) => tracing::warn!(%error, "hold sweeper failed; will retry"),
+        }
+    }
+}
+
+/// One run: releases the due holds of at most [`WALLETS_PER_RUN_MAX`] wallets; returns how
+/// many holds it expired.
+pub async fn sweep(pool: &PgPool) -> anyhow::Result<usize> {
+    let at = entry_time();
+    let mut conn = pool.get().await?;
+    let wallets: Vec<uuid::Uuid> = holds::table
+        .filter(holds::status.eq("active"))
+        .filter(holds::expires_at.le(at))
+        .select(holds::wallet_id)
+        .distinct()
+        .limit(WALLETS_PER_RUN_MAX)
+        .load(&mut conn)
+        .await?;
+    let mut expired = 0;
+    for wallet in wallets {
+        expired += conn
+            .transaction(async |c| super::holds::expire_due(c, wallet, at).await)
+            .await?;
+    }
+    Ok(expired)
+}

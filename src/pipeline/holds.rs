@@ -1,0 +1,349 @@
+//! Holds (API.md Part 2): money reserved now and captured later. Each command runs inside the
+//! pipeline's row-locked transaction of the hold's wallet, so a capture racing a void, or two
+//! captures of one hold, meet one after the other on the wallet row and the second sees the
+//! first's outcome. The database states the same rules (forward-only holds, `held` equal to
+//! the sum of active holds, one capture per hold).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rust_decimal::Decimal;
+
+use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::idempotency::Claim;
+use super::locked::lock_wallet;
+use super::outcome::{Decline, StoredResponse};
+use super::transaction::TxError;
+use crate::db::PgConn;
+use crate::db::models::{HoldRow, WalletRow};
+use crate::db::schema::{holds, wallets};
+use crate::domain::{BoundedText, HoldId, Money, PendingAmount, WalletId};
+use crate::representation::{Hold, render_timestamp};
+
+/// Longest and default hold lifetime (API.md: 1 ≤ expires_in_seconds ≤ 604800, default 900).
+pub const HOLD_SECONDS_MAX: u32 = 604_800;
+pub const HOLD_SECONDS_DEFAULT: u32 = 900;
+
+/// A parsed `POST /v1/wallets/{id}/holds`.
+#[derive(Debug, Clone)]
+pub struct PlaceHoldCommand {
+    pub wallet: WalletId,
+    pub money: Money,
+    pub reference: Option<BoundedText>,
+    pub expires_in: Duration,
+}
+
+/// A parsed `POST /v1/holds/{id}/capture`; `wallet` is resolved before the lock.
+#[derive(Debug, Clone)]
+pub struct CaptureCommand {
+    pub hold: HoldId,
+    pub amount: Option<PendingAmount>,
+    pub wallet: Option<WalletId>,
+}
+
+/// A parsed `POST /v1/holds/{id}/void`; `wallet` is resolved before the lock.
+#[derive(Debug, Clone)]
+pub struct VoidCommand {
+    pub hold: HoldId,
+    pub wallet: Option<WalletId>,
+}
+
+fn json_response<T: serde::Serialize>(status: u16, value: &T) -> Result<StoredResponse, TxError> {
+    let body = serde_json::to_vec(value).map_err(|e| TxError::Render(e.into()))?;
+    Ok(StoredResponse { status, body })
+}
+
+/// Places a hold: the same checks as a debit, inside the wallet's row lock.
+pub(super) async fn place_once(
+    conn: &mut PgConn,
+    claim: &Claim,
+    command: &PlaceHoldCommand,
+) -> Result<StoredResponse, TxError> {
+    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
+    claim.reassert(conn).await??;
+    let Some(wallet) = wallet else {
+        return Ok(Decline::WalletNotFound.stored());
+    };
+    if let Some(decline) = refuse_to_reserve(&wallet, &command.money) {
+        return Ok(decline.stored());
+    }
+    let at = entry_time();
+    let expires_at = at
+        + chrono::Duration::from_std(command.expires_in).map_err(|e| TxError::Render(e.into()))?;
+    let hold: HoldRow = diesel::insert_into(holds::table)
+        .values((
+            holds::wallet_id.eq(wallet.id),
+            holds::id.eq(HoldId::generate().as_uuid()),
+            holds::tenant_id.eq(wallet.tenant_id),
+            holds::amount.eq(command.money.amount()),
+            holds::currency.eq(command.money.currency().code()),
+            holds::status.eq("active"),
+            holds::reference.eq(command.reference.as_ref().map(BoundedText::as_str)),
+            holds::idempotency_key.eq(claim.key().as_str()),
+            holds::expires_at.eq(expires_at),
+            holds::created_at.eq(at),
+            holds::updated_at.eq(at),
+        ))
+        .returning(HoldRow::as_returning())
+        .get_result(conn)
+        .await?;
+    move_held(conn, &wallet, wallet.held + hold.amount, at).await?;
+    let response = json_response(201, &Hold::from_row(&hold, at).map_err(TxError::Render)?)?;
+    claim.complete(conn, &response).await?;
+    Ok(response)
+}
+
+/// Why the wallet cannot reserve `money`, if it cannot: the debit rules.
+fn refuse_to_reserve(wallet: &WalletRow, money: &Money) -> Option<Decline> {
+    if wallet.status != "active" {
+        return Some(Decline::WalletClosed);
+    }
+    let currency = money.currency();
+    if wallet.currency.trim() != currency.code() {
+        return Some(Decline::CurrencyMismatch(format!(
+            "request currency {} differs from the wallet's {}",
+            currency.code(),
+            wallet.currency.trim()
+        )));
+    }
+    let available = wallet.available();
+    (available < money.amount()).then(|| {
+        Decline::InsufficientFunds(format!(
+            "available {} is less than the requested {}",
+            currency.render(available),
+            currency.render(money.amount())
+        ))
+    })
+}
+
+/// Captures a hold (fully, or the given amount): one debit entry naming the hold, and the
+/// whole hold released.
+pub(super) async fn capture_once(
+    conn: &mut PgConn,
+    claim: &Claim,
+    command: &CaptureCommand,
+) -> Result<StoredResponse, TxError> {
+    let at = entry_time();
+    let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    let response = match found {
+        Err(decline) => decline.stored(),
+        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
+            Some(decline) => decline.stored(),
+            None => capture(conn, claim, &wallet, &hold, command.amount.as_ref(), at).await?,
+        },
+    };
+    claim.complete(conn, &response).await?;
+    Ok(response)
+}
+
+async fn capture(
+    conn: &mut PgConn,
+    claim: &Claim,
+    wallet: &WalletRow,
+    hold: &HoldRow,
+    amount: Option<&PendingAmount>,
+    at: DateTime<Utc>,
+) -> Result<StoredResponse, TxError> {
+    let currency = crate::domain::Currency::parse(hold.currency.trim())
+        .map_err(|e| TxError::Render(anyhow::anyhow!("stored currency is invalid: {e}")))?;
+    let amount = match amount {
+        None => hold.amount,
+        Some(pending) => pending
+            .in_currency(currency)
+            .map_err(|e| TxError::Rejected(format!("amount: {e}")))?
+            .amount(),
+    };
+    if amount > hold.amount {
+        return Ok(Decline::CaptureExceedsHold(format!(
+            "capture {} is more than the hold's {}",
+            currency.render(amount),
+            currency.render(hold.amount)
+        ))
+        .stored());
+    }
+    diesel::update(holds::table.find((hold.wallet_id, hold.id)))
+        .set((
+            holds::status.eq("captured"),
+            holds::captured_amount.eq(amount),
+            holds::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .await?;
+    let metadata = serde_json::Value::Object(serde_json::Map::new());
+    let entry = NewEntry {
+        kind: "debit",
+        direction: Direction::Out,
+        amount,
+        currency: currency.code(),
+        reference: hold.reference.as_deref(),
+        description: None,
+        metadata: &metadata,
+        idempotency_key: claim.key().as_str(),
+        hold_id: Some(hold.id),
+        reverses: None,
+        held_after: wallet.held - hold.amount,
+    };
+    let (shown, _) = append_entry(conn, wallet, entry, at).await?;
+    json_response(201, &shown)
+}
+
+/// Voids a hold: released, nothing debited.
+pub(super) async fn void_once(
+    conn: &mut PgConn,
+    claim: &Claim,
+    command: &VoidCommand,
+) -> Result<StoredResponse, TxError> {
+    let at = entry_time();
+    let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    let response = match found {
+        Err(decline) => decline.stored(),
+        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
+            // A hold found expired cannot be voided either: it is no longer active.
+            Some(Decline::HoldExpired(_)) => Decline::HoldNotActive("expired".to_owned()).stored(),
+            Some(decline) => decline.stored(),
+            None => {
+                let voided = release(conn, &wallet, &hold, "voided", at).await?;
+                json_response(200, &Hold::from_row(&voided, at).map_err(TxError::Render)?)?
+            }
+        },
+    };
+    claim.complete(conn, &response).await?;
+    Ok(response)
+}
+
+/// The hold's wallet row-locked, then the hold row-locked, re-checked against the wallet that
+/// was resolved before the lock; a hold that is missing (or another tenant's) is a decline.
+async fn lock_hold(
+    conn: &mut PgConn,
+    claim: &Claim,
+    hold: HoldId,
+    wallet: Option<WalletId>,
+) -> Result<Result<(WalletRow, HoldRow), Decline>, TxError> {
+    let Some(wallet_id) = wallet else {
+        claim.reassert(conn).await??;
+        return Ok(Err(Decline::HoldNotFound));
+    };
+    let wallet = lock_wallet(conn, claim.tenant(), wallet_id).await?;
+    claim.reassert(conn).await??;
+    let Some(wallet) = wallet else {
+        return Ok(Err(Decline::HoldNotFound));
+    };
+    let row: Option<HoldRow> = holds::table
+        .find((wallet.id, hold.as_uuid()))
+        .filter(holds::tenant_id.eq(claim.tenant().as_uuid()))
+        .select(HoldRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.map(|row| (wallet, row)).ok_or(Decline::HoldNotFound))
+}
+
+/// Whether the hold can still be captured or voided. A hold found past its expiry is expired
+/// here and now (released, as the sweeper would), and the decline says so.
+async fn usable(
+    conn: &mut PgConn,
+    wallet: &WalletRow,
+    hold: &HoldRow,
+    at: DateTime<Utc>,
+) -> Result<Option<Decline>, TxError> {
+    if hold.status != "active" {
+        return Ok(Some(Decline::HoldNotActive(hold.status.clone())));
+    }
+    if hold.expires_at <= at {
+        release(conn, wallet, hold, "expired", at).await?;
+        return Ok(Some(Decline::HoldExpired(render_timestamp(
+            hold.expires_at,
+        ))));
+    }
+    Ok(None)
+}
+
+/// Ends an active hold without a capture (`voided` or `expired`) and releases its amount.
+async fn release(
+    conn: &mut PgConn,
+    wallet: &WalletRow,
+    hold: &HoldRow,
+    status: &'static str,
+    at: DateTime<Utc>,
+) -> Result<HoldRow, TxError> {
+    let ended: HoldRow = diesel::update(holds::table.find((hold.wallet_id, hold.id)))
+        .set((holds::status.eq(status), holds::updated_at.eq(at)))
+        .returning(HoldRow::as_returning())
+        .get_result(conn)
+        .await?;
+    move_held(conn, wallet, wallet.held - hold.amount, at).await?;
+    Ok(ended)
+}
+
+/// Sets the locked wallet's `held` and raises its version.
+async fn move_held(
+    conn: &mut PgConn,
+    wallet: &WalletRow,
+    held: Decimal,
+    at: DateTime<Utc>,
+) -> Result<(), TxError> {
+    debug_assert!(held >= Decimal::ZERO);
+    diesel::update(wallets::table.find(wallet.id))
+        .set((
+            wallets::held.eq(held),
+            wallets::version.eq(wallets::version + 1),
+            wallets::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The wallet a hold belongs to, for the lock taken before the transaction (`None`: no such
+/// hold for this tenant; the transaction then stores `hold_not_found`).
+pub async fn hold_wallet(
+    conn: &mut PgConn,
+    tenant: crate::domain::TenantId,
+    hold: HoldId,
+) -> QueryResult<Option<WalletId>> {
+    holds::table
+        .filter(holds::id.eq(hold.as_uuid()))
+        .filter(holds::tenant_id.eq(tenant.as_uuid()))
+        .select(holds::wallet_id)
+        .first::<uuid::Uuid>(conn)
+        .await
+        .optional()
+        .map(|found| found.map(WalletId::from_uuid))
+}
+
+/// Ends every active hold past its expiry on `wallet` (row-locked): the sweeper's step.
+/// Returns how many were expired.
+pub(super) async fn expire_due(
+    conn: &mut PgConn,
+    wallet: uuid::Uuid,
+    at: DateTime<Utc>,
+) -> Result<usize, TxError> {
+    let Some(locked): Option<WalletRow> = wallets::table
+        .find(wallet)
+        .select(WalletRow::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+    else {
+        return Ok(0);
+    };
+    let expired: Vec<HoldRow> = diesel::update(
+        holds::table
+            .filter(holds::wallet_id.eq(wallet))
+            .filter(holds::status.eq("active"))
+            .filter(holds::expires_at.le(at)),
+    )
+    .set((holds::status.eq("expired"), holds::updated_at.eq(at)))
+    .returning(HoldRow::as_returning())
+    .get_results(conn)
+    .await?;
+    if !expired.is_empty() {
+        let released: Decimal = expired.iter().map(|hold| hold.amount).sum();
+        move_held(conn, &locked, locked.held - released, at).await?;
+    }
+    Ok(expired.len())
+}
