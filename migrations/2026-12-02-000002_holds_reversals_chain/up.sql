@@ -90,10 +90,12 @@ BEGIN
     RETURN NULL;
 END
 $$;
+-- Only when `held` really changed: a debit's UPDATE names the column but keeps its value.
 CREATE CONSTRAINT TRIGGER wallets_held_matches_holds
     AFTER UPDATE OF held ON wallets
     DEFERRABLE INITIALLY DEFERRED
-    FOR EACH ROW EXECUTE FUNCTION wallets_check_held();
+    FOR EACH ROW WHEN (OLD.held IS DISTINCT FROM NEW.held)
+    EXECUTE FUNCTION wallets_check_held();
 
 -- The hash of the wallet's newest entry (64 zeros before the first): read under the row lock
 -- with the rest of the wallet, so appending an entry needs no extra read.

@@ -39,7 +39,8 @@ pub struct PlaceHoldBody {
     amount: String,
     currency: String,
     reference: Option<String>,
-    expires_in_seconds: Option<u32>,
+    /// An integer; JSON Schema counts `900.0` as one too, so it is read as a number.
+    expires_in_seconds: Option<serde_json::Number>,
 }
 
 /// `POST /v1/holds/{id}/capture`.
@@ -62,12 +63,14 @@ impl PlaceHoldBody {
         let reference =
             BoundedText::parse_optional("reference", self.reference, REFERENCE_CHARS_MAX)
                 .map_err(|e| invalid(&e))?;
-        let seconds = self.expires_in_seconds.unwrap_or(HOLD_SECONDS_DEFAULT);
-        if !(1..=HOLD_SECONDS_MAX).contains(&seconds) {
-            return Err(ApiError::Validation(format!(
-                "expires_in_seconds must be from 1 to {HOLD_SECONDS_MAX}"
-            )));
-        }
+        let seconds = match self.expires_in_seconds {
+            None => HOLD_SECONDS_DEFAULT,
+            Some(number) => whole_seconds(&number).ok_or_else(|| {
+                ApiError::Validation(format!(
+                    "expires_in_seconds must be an integer from 1 to {HOLD_SECONDS_MAX}"
+                ))
+            })?,
+        };
         Ok(PlaceHoldCommand {
             wallet,
             money,
@@ -75,6 +78,14 @@ impl PlaceHoldBody {
             expires_in: Duration::from_secs(u64::from(seconds)),
         })
     }
+}
+
+/// A JSON number that is a whole count of seconds within 1..=HOLD_SECONDS_MAX (`900` or `900.0`).
+fn whole_seconds(number: &serde_json::Number) -> Option<u32> {
+    let value = number.as_f64()?;
+    let in_range = value.fract() == 0.0 && (1.0..=f64::from(HOLD_SECONDS_MAX)).contains(&value);
+    // In range and whole, so the conversion is exact.
+    in_range.then_some(value as u32)
 }
 
 /// An optional amount in a currency not known yet (the hold's, the entry's).
