@@ -117,7 +117,15 @@ pub fn idempotent(
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The hold (or the stored answer to a retry)", body = Hold,
-            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay"))),
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            links(
+                ("GetHold" = (operation_id = "get_hold",
+                    parameters(("id" = "$response.body#/id")))),
+                ("CaptureHold" = (operation_id = "capture_hold",
+                    parameters(("id" = "$response.body#/id")))),
+                ("VoidHold" = (operation_id = "void_hold",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -193,7 +201,11 @@ pub async fn get_hold(
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The capture's ledger entry (or the stored answer to a retry)", body = Transaction,
-            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay"))),
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            links(
+                ("Reverse" = (operation_id = "reverse",
+                    parameters(("id" = "$response.body#/id")))),
+            )),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),

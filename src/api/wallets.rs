@@ -131,6 +131,9 @@ impl EntryBody {
                     parameters(("id" = "$response.body#/id")))),
                 ("Ledger" = (operation_id = "ledger",
                     parameters(("id" = "$response.body#/id")))),
+                ("PlaceHold" = (operation_id = "place_hold",
+                    parameters(("id" = "$response.body#/id")),
+                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
                 ("Credit" = (operation_id = "credit",
                     parameters(("id" = "$response.body#/id")),
                     request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
@@ -208,6 +211,8 @@ pub async fn get_wallet(
             links(
                 ("GetTransaction" = (operation_id = "get_transaction",
                     parameters(("id" = "$response.body#/id")))),
+                ("Reverse" = (operation_id = "reverse",
+                    parameters(("id" = "$response.body#/id")))),
                 ("GetWallet" = (operation_id = "get_wallet",
                     parameters(("id" = "$response.body#/wallet_id")))),
                 ("Ledger" = (operation_id = "ledger",
@@ -253,6 +258,8 @@ pub async fn debit(
             headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
             links(
                 ("GetTransaction" = (operation_id = "get_transaction",
+                    parameters(("id" = "$response.body#/id")))),
+                ("Reverse" = (operation_id = "reverse",
                     parameters(("id" = "$response.body#/id")))),
                 ("GetWallet" = (operation_id = "get_wallet",
                     parameters(("id" = "$response.body#/wallet_id")))),
