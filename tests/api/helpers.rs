@@ -453,6 +453,7 @@ impl TestApp {
             let signed = match entry["type"].as_str().unwrap() {
                 "credit" => amount,
                 "debit" => -amount,
+                "reversal" => reversal_effect(entry, &entries[..i], amount),
                 other => panic!("unexpected type {other}"),
             };
             assert_eq!(after, before + signed, "arithmetic broken at {entry}");
@@ -744,4 +745,28 @@ pub async fn ping(port: u16) -> bool {
         tokio::time::timeout(Duration::from_millis(500), attempt).await,
         Ok(Some(pong)) if pong == "PONG"
     )
+}
+
+/// The signed effect of a reversal entry on its wallet's balance (for
+/// [`TestApp::assert_invariants`]): the opposite of its original's type, the original found by
+/// `reverses` among the wallet's earlier entries (a reversal names an entry of its own wallet,
+/// never another reversal). A reversal of a debit adds, of a credit subtracts.
+pub fn reversal_effect(entry: &Value, earlier: &[Value], amount: Decimal) -> Decimal {
+    let original = entry["reverses"]
+        .as_str()
+        .unwrap_or_else(|| panic!("reversal without `reverses`: {entry}"));
+    let original = earlier
+        .iter()
+        .find(|e| e["id"] == original)
+        .unwrap_or_else(|| panic!("reversal of {original}, not an earlier entry: {entry}"));
+    assert_eq!(
+        entry["hold_id"],
+        Value::Null,
+        "a reversal names no hold: {entry}"
+    );
+    match original["type"].as_str().unwrap() {
+        "debit" => amount,
+        "credit" => -amount,
+        other => panic!("a reversal of a {other}: {entry}"),
+    }
 }
