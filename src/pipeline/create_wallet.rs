@@ -41,6 +41,5 @@ pub(super) async fn create_once(
     let wallet = Wallet::from_row(&row).map_err(TxError::Render)?;
     let body = serde_json::to_vec(&wallet).map_err(|e| TxError::Render(e.into()))?;
     let response = StoredResponse { status: 201, body };
-    claim.complete(conn, &response).await?;
     Ok(response)
 }

@@ -63,13 +63,27 @@ pub(super) async fn place_once(
 ) -> Result<StoredResponse, TxError> {
     let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     claim.reassert(conn).await??;
-    let Some(wallet) = wallet else {
-        return Ok(Decline::WalletNotFound.stored());
+    let response = match wallet {
+        None => Decline::WalletNotFound.stored(),
+        Some(wallet) => {
+            let at = entry_time();
+            let wallet = release_expired_holds(conn, wallet, at).await?;
+            match refuse_to_reserve(&wallet, &command.money) {
+                Some(decline) => decline.stored(),
+                None => place(conn, claim, &wallet, command, at).await?,
+            }
+        }
     };
-    if let Some(decline) = refuse_to_reserve(&wallet, &command.money) {
-        return Ok(decline.stored());
-    }
-    let at = entry_time();
+    Ok(response)
+}
+
+async fn place(
+    conn: &mut PgConn,
+    claim: &Claim,
+    wallet: &WalletRow,
+    command: &PlaceHoldCommand,
+    at: DateTime<Utc>,
+) -> Result<StoredResponse, TxError> {
     let expires_at = at
         + chrono::Duration::from_std(command.expires_in).map_err(|e| TxError::Render(e.into()))?;
     let hold: HoldRow = diesel::insert_into(holds::table)
@@ -89,10 +103,8 @@ pub(super) async fn place_once(
         .returning(HoldRow::as_returning())
         .get_result(conn)
         .await?;
-    move_held(conn, &wallet, wallet.held + hold.amount, at).await?;
-    let response = json_response(201, &Hold::from_row(&hold, at).map_err(TxError::Render)?)?;
-    claim.complete(conn, &response).await?;
-    Ok(response)
+    move_held(conn, wallet, wallet.held + hold.amount, at).await?;
+    json_response(201, &Hold::from_row(&hold, at).map_err(TxError::Render)?)
 }
 
 /// Why the wallet cannot reserve `money`, if it cannot: the debit rules.
@@ -134,7 +146,6 @@ pub(super) async fn capture_once(
             None => capture(conn, claim, &wallet, &hold, command.amount.as_ref(), at).await?,
         },
     };
-    claim.complete(conn, &response).await?;
     Ok(response)
 }
 
@@ -209,7 +220,6 @@ pub(super) async fn void_once(
             }
         },
     };
-    claim.complete(conn, &response).await?;
     Ok(response)
 }
 
@@ -249,6 +259,13 @@ async fn usable(
     hold: &HoldRow,
     at: DateTime<Utc>,
 ) -> Result<Option<Decline>, TxError> {
+    // An expired hold is `hold_expired` whether the sweeper, an earlier request or this one
+    // found it so.
+    if hold.status == "expired" {
+        return Ok(Some(Decline::HoldExpired(render_timestamp(
+            hold.expires_at,
+        ))));
+    }
     if hold.status != "active" {
         return Ok(Some(Decline::HoldNotActive(hold.status.clone())));
     }
@@ -278,23 +295,23 @@ async fn release(
     Ok(ended)
 }
 
-/// Sets the locked wallet's `held` and raises its version.
+/// Sets the locked wallet's `held` and raises its version; returns the wallet as it now is.
 async fn move_held(
     conn: &mut PgConn,
     wallet: &WalletRow,
     held: Decimal,
     at: DateTime<Utc>,
-) -> Result<(), TxError> {
+) -> Result<WalletRow, TxError> {
     debug_assert!(held >= Decimal::ZERO);
-    diesel::update(wallets::table.find(wallet.id))
+    Ok(diesel::update(wallets::table.find(wallet.id))
         .set((
             wallets::held.eq(held),
             wallets::version.eq(wallets::version + 1),
             wallets::updated_at.eq(at),
         ))
-        .execute(conn)
-        .await?;
-    Ok(())
+        .returning(WalletRow::as_returning())
+        .get_result(conn)
+        .await?)
 }
 
 /// The wallet a hold belongs to, for the lock taken before the transaction (`None`: no such
@@ -331,9 +348,32 @@ pub(super) async fn expire_due(
     else {
         return Ok(0);
     };
+    let (_, expired) = release_due(conn, locked, at).await?;
+    Ok(expired)
+}
+
+/// Inside any transaction that decides on a locked wallet's `available`: holds past their
+/// expiry no longer reserve money, so they are released first (nothing to do, and no
+/// statement, for a wallet that holds nothing). Returns the wallet as it now is.
+pub(super) async fn release_expired_holds(
+    conn: &mut PgConn,
+    wallet: WalletRow,
+    at: DateTime<Utc>,
+) -> Result<WalletRow, TxError> {
+    if wallet.held.is_zero() {
+        return Ok(wallet);
+    }
+    Ok(release_due(conn, wallet, at).await?.0)
+}
+
+async fn release_due(
+    conn: &mut PgConn,
+    wallet: WalletRow,
+    at: DateTime<Utc>,
+) -> Result<(WalletRow, usize), TxError> {
     let expired: Vec<HoldRow> = diesel::update(
         holds::table
-            .filter(holds::wallet_id.eq(wallet))
+            .filter(holds::wallet_id.eq(wallet.id))
             .filter(holds::status.eq("active"))
             .filter(holds::expires_at.le(at)),
     )
@@ -341,9 +381,10 @@ pub(super) async fn expire_due(
     .returning(HoldRow::as_returning())
     .get_results(conn)
     .await?;
-    if !expired.is_empty() {
-        let released: Decimal = expired.iter().map(|hold| hold.amount).sum();
-        move_held(conn, &locked, locked.held - released, at).await?;
+    if expired.is_empty() {
+        return Ok((wallet, 0));
     }
-    Ok(expired.len())
+    let released: Decimal = expired.iter().map(|hold| hold.amount).sum();
+    let moved = move_held(conn, &wallet, wallet.held - released, at).await?;
+    Ok((moved, expired.len()))
 }

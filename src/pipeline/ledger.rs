@@ -8,6 +8,7 @@
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::holds::release_expired_holds;
 use super::idempotency::Claim;
 use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
@@ -127,6 +128,11 @@ pub(super) async fn post_entry_once(
 ) -> Result<StoredResponse, TxError> {
     let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     claim.reassert(conn).await??;
+    let at = entry_time();
+    let wallet = match wallet {
+        Some(wallet) => Some(release_expired_holds(conn, wallet, at).await?),
+        None => None,
+    };
 
     let response = match decide(wallet.as_ref(), command) {
         Verdict::Decline(decline) => decline.stored(),
@@ -153,13 +159,12 @@ pub(super) async fn post_entry_once(
                 reverses: None,
                 held_after: wallet.held,
             };
-            let (shown, moved) = append_entry(conn, &wallet, entry, entry_time()).await?;
+            let (shown, moved) = append_entry(conn, &wallet, entry, at).await?;
             debug_assert_eq!(moved.balance, balance_after);
             let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
             StoredResponse { status: 201, body }
         }
     };
-    claim.complete(conn, &response).await?;
     Ok(response)
 }
 

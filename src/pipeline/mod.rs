@@ -108,7 +108,9 @@ impl Command {
         )
     }
 
-    /// Layers 3 and 4: inside the transaction, after the statements are bounded.
+    /// Layers 3 and 4: inside the transaction, after the statements are bounded; the command
+    /// locks its wallet row, re-asserts the claim and decides. Storing the answer is not its
+    /// job: the pipeline does that once for every command, in the same transaction.
     async fn run_locked(
         &self,
         conn: &mut crate::db::PgConn,
@@ -381,12 +383,15 @@ impl Pipeline {
         transaction::within_deadline(&deadline, async {
             let mut attempt = 1;
             loop {
-                let outcome = conn
+                let outcome: Result<StoredResponse, TxError> = conn
                     .transaction(async |c| {
                         transaction::bound_statements(c, &deadline, database)
                             .await
                             .map_err(TxError::Db)?;
-                        command.run_locked(c, claim).await
+                        let response = command.run_locked(c, claim).await?;
+                        // The answer commits with the effect, for every command, here.
+                        claim.complete(c, &response).await?;
+                        Ok(response)
                     })
                     .await;
                 match outcome {

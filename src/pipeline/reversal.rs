@@ -8,6 +8,7 @@ use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::holds::release_expired_holds;
 use super::idempotency::Claim;
 use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
@@ -44,7 +45,6 @@ pub(super) async fn reverse_once(
             Some(original) => reverse(conn, claim, &wallet, &original, command).await?,
         },
     };
-    claim.complete(conn, &response).await?;
     Ok(response)
 }
 
@@ -72,6 +72,8 @@ async fn reverse(
     if original.entry_type == "reversal" {
         return Ok(Decline::NotReversible.stored());
     }
+    let at = entry_time();
+    let wallet = &release_expired_holds(conn, wallet.clone(), at).await?;
     let currency = Currency::parse(original.currency.trim())
         .map_err(|e| TxError::Render(anyhow::anyhow!("stored currency is invalid: {e}")))?;
     let reversed: Option<Decimal> = ledger_entries::table
@@ -124,7 +126,7 @@ async fn reverse(
         reverses: Some(original.id),
         held_after: wallet.held,
     };
-    let (shown, _) = append_entry(conn, wallet, entry, entry_time()).await?;
+    let (shown, _) = append_entry(conn, wallet, entry, at).await?;
     let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
     Ok(StoredResponse { status: 201, body })
 }

@@ -351,26 +351,6 @@ async fn a_stalled_body_gets_a_408_problem_and_stores_nothing() {
     assert_eq!(retry.status(), StatusCode::CREATED);
 }
 
-/// Deletes this key's entry in the Redis replay cache (only this test's tenant's key).
-async fn forget_replay_cache(app: &TestApp, key: &str) {
-    use sha2::Digest;
-    let cache_key = format!(
-        "walletd:idem:{}:{}",
-        app.tenant_id,
-        hex::encode(sha2::Sha256::digest(key.as_bytes()))
-    );
-    let mut redis = redis::Client::open(base_settings().redis.urls[0].as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("DEL")
-        .arg(&cache_key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-}
-
 fn request_for(app: &TestApp, key: &str, wallet: &str, body: &Value) -> IdempotentRequest {
     let canonical = walletd::api::extract::canonical_json(body);
     IdempotentRequest {
@@ -508,7 +488,7 @@ async fn a_key_past_retention_answers_410_and_never_executes_again() {
         ))
         .await
         .unwrap();
-    forget_replay_cache(&app, &key).await;
+    crate::helpers::forget_replay_cache(&app, &key).await;
     let aged_at = Instant::now();
     loop {
         let response = app.post(&path, &key, &body).await;

@@ -770,3 +770,23 @@ pub fn reversal_effect(entry: &Value, earlier: &[Value], amount: Decimal) -> Dec
         other => panic!("a reversal of a {other}: {entry}"),
     }
 }
+
+/// Deletes this key's entry in the Redis replay cache (only this test's tenant's key).
+pub async fn forget_replay_cache(app: &TestApp, key: &str) {
+    use sha2::Digest;
+    let cache_key = format!(
+        "walletd:idem:{}:{}",
+        app.tenant_id,
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    );
+    let mut redis = redis::Client::open(base_settings().redis.urls[0].as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(&cache_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}

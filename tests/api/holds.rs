@@ -1690,3 +1690,24 @@ async fn the_row_lock_alone_ends_a_hold_once_across_two_processes() {
         usize::from(captured)
     );
 }
+
+/// Guard: the pipeline stores every command's answer in the same transaction (`Pipeline::
+/// transaction` completes the claim for every command). A hold decline replays from Postgres
+/// alone — the Redis replay cache forgotten — with the same bytes; had the answer not been
+/// stored, the retry would see a key still in flight (409) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_decline_is_stored_in_postgres_not_only_in_the_replay_cache() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    let key = new_key();
+    let path = format!("/v1/wallets/{wallet}/holds");
+    let body = json!({"amount": "5.00", "currency": "EUR"});
+    let first = app.post(&path, &key, &body).await;
+    assert_eq!(first.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let first = first.bytes().await.unwrap();
+    crate::helpers::forget_replay_cache(&app, &key).await;
+    let replay = app.post(&path, &key, &body).await;
+    assert_eq!(replay.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first);
+}
