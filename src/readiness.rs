@@ -76,7 +76,9 @@ async fn postgres_ready(pool: &PgPool) -> bool {
     };
     let checks = async {
         Ok::<_, anyhow::Error>(
-            db::migrations_applied(&mut conn).await? && db::accepts_writes(&mut conn).await?,
+            db::migrations_applied(&mut conn).await?
+                && db::chain_complete(&mut conn).await?
+                && db::accepts_writes(&mut conn).await?,
         )
     };
     match checks.await {

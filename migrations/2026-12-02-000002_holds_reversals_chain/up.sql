@@ -6,8 +6,9 @@
 --   * a reversal names an entry of the same wallet that is not itself a reversal, moves money
 --     the other way, and the reversals of one entry never add up to more than it;
 --   * each entry carries prev_hash (the previous entry's hash, 64 zeros for seq 1) and hash.
---     The database checks the links; the hash itself (SHA-256 over the rendered entry) is
---     computed by the service and recomputed by `walletd audit`.
+--     The database checks the links (and that the wallet row names the newest hash); the hash
+--     itself (SHA-256 over the rendered entry) is computed by the service and recomputed by
+--     the audit.
 -- Every key on a wallet-scoped table includes wallet_id (Citus, by wallet_id).
 
 CREATE TABLE holds (
@@ -34,6 +35,9 @@ CREATE TABLE holds (
 CREATE INDEX holds_by_id ON holds (id);
 -- The expiry sweeper's scan.
 CREATE INDEX holds_expiring ON holds (expires_at) WHERE status = 'active';
+-- A wallet's active holds: the held check at commit and the release of its due holds.
+CREATE INDEX holds_active_by_wallet ON holds (wallet_id, expires_at) INCLUDE (amount)
+    WHERE status = 'active';
 
 CREATE FUNCTION holds_only_forward() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -43,7 +47,7 @@ BEGIN
     IF NEW.wallet_id <> OLD.wallet_id OR NEW.id <> OLD.id OR NEW.tenant_id <> OLD.tenant_id
        OR NEW.amount <> OLD.amount OR NEW.currency <> OLD.currency
        OR NEW.idempotency_key <> OLD.idempotency_key OR NEW.expires_at <> OLD.expires_at
-       OR NEW.created_at <> OLD.created_at THEN
+       OR NEW.created_at <> OLD.created_at OR NEW.reference IS DISTINCT FROM OLD.reference THEN
         RAISE EXCEPTION 'hold %: only its status, captured amount and updated_at change', OLD.id
             USING ERRCODE = 'restrict_violation';
     END IF;
@@ -145,7 +149,10 @@ CREATE OR REPLACE FUNCTION ledger_entries_refuse_change() RETURNS trigger LANGUA
 BEGIN
     IF TG_OP = 'UPDATE' AND current_setting('walletd.chain_backfill', true) = 'on'
        AND OLD.hash IS NULL AND NEW.hash IS NOT NULL
-       AND (to_jsonb(NEW) - 'prev_hash' - 'hash') = (to_jsonb(OLD) - 'prev_hash' - 'hash') THEN
+       AND (to_jsonb(NEW) - 'prev_hash' - 'hash') = (to_jsonb(OLD) - 'prev_hash' - 'hash')
+       AND NEW.prev_hash = coalesce(
+           (SELECT hash FROM ledger_entries WHERE wallet_id = NEW.wallet_id AND seq = NEW.seq - 1),
+           repeat('0', 64)) THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'ledger_entries is append-only: % refused', TG_OP
@@ -160,6 +167,7 @@ DECLARE
     previous_hash text;
     wallet_balance numeric;
     wallet_last_seq bigint;
+    wallet_last_hash text;
 BEGIN
     IF NEW.seq = 1 THEN
         previous_after := 0;
@@ -182,12 +190,13 @@ BEGIN
             NEW.wallet_id, NEW.seq, NEW.prev_hash, previous_hash
             USING ERRCODE = 'check_violation';
     END IF;
-    SELECT balance, last_seq INTO wallet_balance, wallet_last_seq
+    SELECT balance, last_seq, last_hash INTO wallet_balance, wallet_last_seq, wallet_last_hash
       FROM wallets WHERE id = NEW.wallet_id;
-    IF wallet_last_seq <> NEW.seq OR wallet_balance <> NEW.balance_after THEN
-        RAISE EXCEPTION 'ledger entry % / % does not match wallet % (last_seq %, balance %)',
-            NEW.seq, NEW.balance_after, NEW.wallet_id, wallet_last_seq, wallet_balance
-            USING ERRCODE = 'check_violation';
+    IF wallet_last_seq <> NEW.seq OR wallet_balance <> NEW.balance_after
+       OR wallet_last_hash IS DISTINCT FROM NEW.hash THEN
+        RAISE EXCEPTION 'ledger entry % / % / % does not match wallet % (last_seq %, balance %, last_hash %)',
+            NEW.seq, NEW.balance_after, NEW.hash, NEW.wallet_id, wallet_last_seq, wallet_balance,
+            wallet_last_hash USING ERRCODE = 'check_violation';
     END IF;
     RETURN NEW;
 END

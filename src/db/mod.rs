@@ -118,6 +118,27 @@ pub async fn migrations_applied(conn: &mut PgConn) -> anyhow::Result<bool> {
     Ok(embedded_versions()?.iter().all(|v| applied.contains(v)))
 }
 
+/// True once every ledger entry carries its hash chain (`walletd migrate` validated the
+/// constraint): before that, old entries cannot be rendered and their wallets take no entries.
+pub async fn chain_complete(conn: &mut PgConn) -> anyhow::Result<bool> {
+    use diesel::OptionalExtension;
+    use diesel::sql_types::Bool;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Validated {
+        #[diesel(sql_type = Bool)]
+        validated: bool,
+    }
+    let row: Option<Validated> = diesel::sql_query(
+        "SELECT convalidated AS validated FROM pg_constraint \
+         WHERE conname = 'ledger_entries_hash_shape' AND conrelid = 'ledger_entries'::regclass",
+    )
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(row.is_some_and(|r| r.validated))
+}
+
 /// True when the server takes writes (not a standby, not read-only), for `/readyz`.
 pub async fn accepts_writes(conn: &mut PgConn) -> anyhow::Result<bool> {
     use diesel::sql_types::Bool;

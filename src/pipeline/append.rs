@@ -59,6 +59,9 @@ pub async fn append_entry(
     entry: NewEntry<'_>,
     at: DateTime<Utc>,
 ) -> Result<(Transaction, WalletRow), TxError> {
+    // Entry times never run backwards within a wallet (as_of and the export order rely on it),
+    // even if this clock is behind the one that stamped the wallet's last change.
+    let at = at.max(wallet.updated_at);
     let balance_after = match entry.direction {
         Direction::In => wallet.balance + entry.amount,
         Direction::Out => wallet.balance - entry.amount,

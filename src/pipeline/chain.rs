@@ -54,7 +54,7 @@ pub async fn backfill(conn: &mut PgConn) -> anyhow::Result<u64> {
     }
     let constraint: Validated = diesel::sql_query(
         "SELECT convalidated AS validated FROM pg_constraint \
-         WHERE conname = 'ledger_entries_hash_shape'",
+         WHERE conname = 'ledger_entries_hash_shape' AND conrelid = 'ledger_entries'::regclass",
     )
     .get_result(conn)
     .await?;

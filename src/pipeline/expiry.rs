@@ -48,9 +48,17 @@ pub async fn sweep(pool: &PgPool) -> anyhow::Result<usize> {
         .await?;
     let mut expired = 0;
     for wallet in wallets {
-        expired += conn
-            .transaction(async |c| super::holds::expire_due(c, wallet, at).await)
-            .await?;
+        // One wallet's trouble (a lock held by a long request, a timeout) must not stop the
+        // others: it is logged, and the next run tries it again.
+        let swept = conn
+            .transaction(async |c| super::holds::expire_due(c, wallet, entry_time()).await)
+            .await;
+        match swept {
+            Ok(count) => expired += count,
+            Err(error) => {
+                tracing::warn!(%wallet, %error, "could not release a wallet's expired holds")
+            }
+        }
     }
     Ok(expired)
 }

@@ -137,10 +137,12 @@ pub(super) async fn capture_once(
     claim: &Claim,
     command: &CaptureCommand,
 ) -> Result<StoredResponse, TxError> {
-    let at = entry_time();
     let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    // The time of the decision: taken once the locks are held, never before a wait for them.
+    let at = entry_time();
     let response = match found {
         Err(decline) => decline.stored(),
+        Ok((wallet, _)) if wallet.status != "active" => Decline::WalletClosed.stored(),
         Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
             Some(decline) => decline.stored(),
             None => capture(conn, claim, &wallet, &hold, command.amount.as_ref(), at).await?,
@@ -206,8 +208,9 @@ pub(super) async fn void_once(
     claim: &Claim,
     command: &VoidCommand,
 ) -> Result<StoredResponse, TxError> {
-    let at = entry_time();
     let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    // The time of the decision: taken once the locks are held, never before a wait for them.
+    let at = entry_time();
     let response = match found {
         Err(decline) => decline.stored(),
         Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
@@ -338,10 +341,12 @@ pub(super) async fn expire_due(
     wallet: uuid::Uuid,
     at: DateTime<Utc>,
 ) -> Result<usize, TxError> {
+    // SKIP LOCKED: a wallet busy with a request is swept at the next run, never waited for.
     let Some(locked): Option<WalletRow> = wallets::table
         .find(wallet)
         .select(WalletRow::as_select())
         .for_update()
+        .skip_locked()
         .first(conn)
         .await
         .optional()?

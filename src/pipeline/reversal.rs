@@ -16,6 +16,7 @@ use super::transaction::TxError;
 use crate::db::PgConn;
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::db::schema::ledger_entries;
+use crate::domain::money::BALANCE_MAX;
 use crate::domain::{BoundedText, Currency, PendingAmount, TenantId, TransactionId, WalletId};
 
 /// A parsed `POST /v1/transactions/{id}/reverse`; `wallet` is resolved before the lock.
@@ -72,6 +73,9 @@ async fn reverse(
     if original.entry_type == "reversal" {
         return Ok(Decline::NotReversible.stored());
     }
+    if wallet.status != "active" {
+        return Ok(Decline::WalletClosed.stored());
+    }
     let at = entry_time();
     let wallet = &release_expired_holds(conn, wallet.clone(), at).await?;
     let currency = Currency::parse(original.currency.trim())
@@ -111,6 +115,11 @@ async fn reverse(
             currency.render(amount)
         ))
         .stored());
+    }
+    if direction == Direction::In && wallet.balance + amount > BALANCE_MAX {
+        return Err(TxError::Rejected(format!(
+            "this reversal would take the balance above the maximum {BALANCE_MAX}"
+        )));
     }
     let metadata = serde_json::Value::Object(serde_json::Map::new());
     let entry = NewEntry {

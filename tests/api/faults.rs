@@ -205,7 +205,11 @@ async fn postgres_down_answers_503_quickly_and_the_pool_recovers() {
         .unwrap();
     let url = cluster.url("walletd");
     walletd::db::create_database_if_missing(&url).await.unwrap();
-    walletd::db::run_migrations(&url).await.unwrap();
+    let mut migrated = walletd::db::run_migrations(&url).await.unwrap();
+    walletd::pipeline::chain::backfill(&mut migrated)
+        .await
+        .unwrap();
+    drop(migrated);
     let app = TestApp::spawn_on(url, |s| {
         s.database.connect_timeout_ms = 500;
         s.database.pool_wait_timeout_ms = 500;

@@ -72,9 +72,15 @@ async fn template() -> &'static str {
                     .batch_execute(&format!("CREATE DATABASE \"{name}\""))
                     .await
                     .unwrap();
-                walletd::db::run_migrations(&format!("{}/{name}", server_url()))
+                // As `walletd migrate` does: the migrations, then the chain step (which
+                // validates the chain constraint that /readyz checks).
+                let mut migrated = walletd::db::run_migrations(&format!("{}/{name}", server_url()))
                     .await
                     .unwrap();
+                walletd::pipeline::chain::backfill(&mut migrated)
+                    .await
+                    .unwrap();
+                drop(migrated);
                 admin
                     .batch_execute(&format!(
                         "ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"

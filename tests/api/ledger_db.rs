@@ -136,15 +136,15 @@ fn entry(
     // expects is the one it gets; the hash itself is any well-formed value.
     let id = Uuid::now_v7();
     format!(
-        "INSERT INTO ledger_entries \
+        "UPDATE wallets SET last_hash = encode(sha256('{id}'::bytea), 'hex') WHERE id = '{wallet}'; \
+         INSERT INTO ledger_entries \
              (wallet_id, seq, id, tenant_id, entry_type, amount, currency, balance_before, \
               balance_after, idempotency_key, prev_hash, hash) \
          VALUES ('{wallet}', {seq}, '{id}', '{tenant}', '{kind}', {amount}, 'EUR', {before}, \
                  {after}, '{key}', \
                  coalesce((SELECT hash FROM ledger_entries \
                            WHERE wallet_id = '{wallet}' AND seq = {seq} - 1), repeat('0', 64)), \
-                 encode(sha256('{id}'::bytea), 'hex')); \
-         UPDATE wallets SET last_hash = encode(sha256('{id}'::bytea), 'hex') WHERE id = '{wallet}'"
+                 encode(sha256('{id}'::bytea), 'hex'))"
     )
 }
 

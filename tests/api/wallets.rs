@@ -202,7 +202,9 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
                                                response_status, response_body, completed_at)
                  VALUES (t, 'bulk-' || i, sha256(('bulk-' || i)::bytea), w, 'completed', 201, '\\x7b7d', clock_timestamp());
                  UPDATE wallets SET balance = balance + 1000000000000000, last_seq = last_seq + 1,
-                                    version = version + 1 WHERE id = w;
+                                    version = version + 1,
+                                    last_hash = encode(sha256(('bulk-' || i)::bytea), 'hex')
+                  WHERE id = w;
                  INSERT INTO ledger_entries (wallet_id, seq, id, tenant_id, entry_type, amount, currency,
                                              balance_before, balance_after, idempotency_key,
                                              prev_hash, hash)
@@ -210,7 +212,6 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
                          running, running + 1000000000000000, 'bulk-' || i,
                          previous, encode(sha256(('bulk-' || i)::bytea), 'hex'));
                  previous := encode(sha256(('bulk-' || i)::bytea), 'hex');
-                 UPDATE wallets SET last_hash = previous WHERE id = w;
                  running := running + 1000000000000000;
                END LOOP;
              END $$;"
