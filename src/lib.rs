@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod ledger_audit;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
