@@ -1,6 +1,7 @@
 //! HTTP only: routes, extractors, representations and the problem+json mapping. Business
 //! decisions live in `pipeline`; this layer parses, calls, and renders.
 
+pub mod audit;
 pub mod caller;
 pub mod error;
 pub mod extract;
@@ -87,6 +88,21 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::post().to(holds::void_hold),
             "POST",
         ))
+        .service(resource(
+            "/v1/wallets/{id}/audit",
+            web::get().to(audit::audit_wallet),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/wallets/{id}/balance",
+            web::get().to(audit::balance_as_of),
+            "GET",
+        ))
+        .service(resource(
+            "/v1/ledger/export",
+            web::get().to(audit::export_ledger),
+            "GET",
+        ))
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::RouteNotFound)
         }));
@@ -107,6 +123,7 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
         wallets::create_wallet, wallets::get_wallet, wallets::debit, wallets::credit, wallets::ledger,
         transactions::get_transaction, transactions::reverse,
         holds::place_hold, holds::get_hold, holds::capture_hold, holds::void_hold,
+        audit::audit_wallet, audit::balance_as_of, audit::export_ledger,
         ops::healthz, ops::readyz, ops::metrics, ops::openapi,
     ),
     components(
