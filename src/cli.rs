@@ -1,4 +1,4 @@
-//! The `walletd` command line: serve, migrate, tenant and key management.
+//! The `walletd` command line: serve, migrate, tenant and key management, audit.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +12,8 @@ use crate::auth::admission;
 use crate::auth::keys::{self, IssuedKey, Revoked};
 use crate::config::Settings;
 use crate::db;
-use crate::domain::{KeyId, Scope, TenantId};
+use crate::domain::{KeyId, Scope, TenantId, WalletId};
+use crate::ledger_audit;
 use crate::pipeline;
 use crate::redis_nodes::RedisNodes;
 use crate::startup::Application;
@@ -56,6 +57,16 @@ enum Command {
     Key {
         #[command(subcommand)]
         command: KeyCommand,
+    },
+    /// Verify ledgers as GET /v1/wallets/{id}/audit does (seq, balances, hash chain, balance =
+    /// sum): one JSON line per bad wallet, then a summary line; exits non-zero if any is bad.
+    Audit {
+        /// Only this tenant's wallets.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this wallet.
+        #[arg(long)]
+        wallet: Option<String>,
     },
 }
 
@@ -122,6 +133,26 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let scopes = parse_scopes(scopes.as_deref())?;
             let mut conn = connect(&settings).await?;
             print_key(&keys::create_key(&mut conn, tenant, &scopes).await?)
+        }
+        Command::Audit { tenant, wallet } => {
+            let tenant = tenant
+                .map(|t| TenantId::parse(&t).context("--tenant is not a tenant id"))
+                .transpose()?;
+            let wallet = wallet
+                .map(|w| WalletId::parse(&w).context("--wallet is not a wallet id"))
+                .transpose()?;
+            let mut conn = connect(&settings).await?;
+            let mut stdout = std::io::stdout();
+            let summary =
+                ledger_audit::verify::audit_wallets(&mut conn, tenant, wallet, &mut stdout).await?;
+            writeln!(stdout, "{}", serde_json::to_string(&summary)?)?;
+            anyhow::ensure!(
+                summary.ok,
+                "{} of {} wallets failed the audit",
+                summary.bad_wallets,
+                summary.wallets
+            );
+            Ok(())
         }
         Command::Key {
             command: KeyCommand::Revoke { key_id },
