@@ -1,9 +1,11 @@
 //! Black-box tests of walletd over HTTP, against real Postgres and Redis.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
+mod audit;
 mod cli;
 mod concurrency;
 mod errors;
+mod export;
 mod fairness;
 mod faults;
 mod hardening;
