@@ -8,6 +8,7 @@ BEGIN
 END
 $$;
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_hash_shape;
+DROP INDEX ledger_entries_by_wallet_time;
 DROP INDEX ledger_entries_by_time;
 DROP INDEX ledger_entries_reversals;
 ALTER TABLE ledger_entries DROP CONSTRAINT ledger_entries_reverses;

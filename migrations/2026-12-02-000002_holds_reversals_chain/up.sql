@@ -136,6 +136,8 @@ CREATE INDEX ledger_entries_reversals ON ledger_entries (wallet_id, reverses)
     WHERE reverses IS NOT NULL;
 -- The export's order.
 CREATE INDEX ledger_entries_by_time ON ledger_entries (tenant_id, created_at, wallet_id, seq);
+-- The balance as of a time: one probe (entry times never run backwards within a wallet).
+CREATE INDEX ledger_entries_by_wallet_time ON ledger_entries (wallet_id, created_at, seq);
 -- New entries must carry their chain; entries written before this migration get it from
 -- `walletd migrate` (src/pipeline/chain.rs), which then validates this constraint.
 ALTER TABLE ledger_entries ADD CONSTRAINT ledger_entries_hash_shape CHECK (
