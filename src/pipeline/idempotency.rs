@@ -149,45 +149,18 @@ pub async fn begin(
             return Ok(Begin::Claimed(claim(pool, request, token)));
         }
 
-        let existing: Option<ExistingKey> = diesel::sql_query(
-            "SELECT fingerprint, state, lease_token, \
-                    coalesce(lease_expires_at < clock_timestamp(), false) AS lease_expired, \
-                    response_status, response_body \
-             FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2",
-        )
-        .bind::<SqlUuid, _>(request.tenant.as_uuid())
-        .bind::<Text, _>(request.key.as_str())
-        .get_result(&mut conn)
-        .await
-        .optional()
-        .map_err(PipelineError::from_db)?;
-        let Some(existing) = existing else {
+        let Some(existing) = read_existing(&mut conn, request).await? else {
             // The marker was abandoned between our INSERT and SELECT: try to claim again.
             continue;
         };
-        // Past retention the answer is gone but the key is not: whatever the request, nothing
-        // executes (a very late retry must never charge twice).
-        if existing.state == "expired" {
-            return Err(PipelineError::IdempotencyKeyExpired);
+        if let Some(stored) = decided(&existing, request)? {
+            return Ok(Begin::Replay(stored));
         }
-        if existing.fingerprint != request.fingerprint.0 {
-            return Err(PipelineError::IdempotencyKeyReused);
-        }
-        match (
-            existing.state.as_str(),
-            existing.response_status,
-            existing.response_body,
-        ) {
-            ("completed", Some(status), Some(body)) => {
-                let status = u16::try_from(status).map_err(|_| {
-                    PipelineError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
-                })?;
-                return Ok(Begin::Replay(StoredResponse { status, body }));
-            }
-            ("in_progress", ..) if !existing.lease_expired => {
+        match existing.state.as_str() {
+            "in_progress" if !existing.lease_expired => {
                 return Err(PipelineError::IdempotencyKeyInProgress);
             }
-            ("in_progress", ..) => {
+            "in_progress" => {
                 // The first request's lease lapsed (it crashed or hung): take the key over, but
                 // only if its lease is still lapsed and nobody else took it first. A marker that
                 // is row-locked belongs to a transaction still running (the first request is
@@ -222,7 +195,7 @@ pub async fn begin(
                 // or the key moved on (completed, freed, taken by another twin). Look again;
                 // CLAIM_ATTEMPTS_MAX bounds the rounds, and running out is 409.
             }
-            (state, ..) => {
+            state => {
                 return Err(PipelineError::Internal(anyhow::anyhow!(
                     "idempotency key in unexpected state {state:?}"
                 )));
@@ -230,6 +203,77 @@ pub async fn begin(
         }
     }
     Err(PipelineError::IdempotencyKeyInProgress)
+}
+
+/// What a request that cannot be admitted now (its wallet's queue is full) is owed anyway:
+/// a key already decided is replayed (or refused as reused or expired), a twin in flight is
+/// 409; `None` means the key has no answer yet and the request is shed. Reads only.
+pub async fn answer_without_claiming(
+    pool: &PgPool,
+    request: &IdempotentRequest,
+    deadline: Deadline,
+) -> Result<Option<StoredResponse>, PipelineError> {
+    let mut conn = transaction::connection(pool, &deadline).await?;
+    let Some(existing) = read_existing(&mut conn, request).await? else {
+        return Ok(None);
+    };
+    if let Some(stored) = decided(&existing, request)? {
+        return Ok(Some(stored));
+    }
+    if existing.state == "in_progress" && !existing.lease_expired {
+        return Err(PipelineError::IdempotencyKeyInProgress);
+    }
+    Ok(None)
+}
+
+async fn read_existing(
+    conn: &mut PgConn,
+    request: &IdempotentRequest,
+) -> Result<Option<ExistingKey>, PipelineError> {
+    diesel::sql_query(
+        "SELECT fingerprint, state, lease_token, \
+                coalesce(lease_expires_at < clock_timestamp(), false) AS lease_expired, \
+                response_status, response_body \
+         FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2",
+    )
+    .bind::<SqlUuid, _>(request.tenant.as_uuid())
+    .bind::<Text, _>(request.key.as_str())
+    .get_result(conn)
+    .await
+    .optional()
+    .map_err(PipelineError::from_db)
+}
+
+/// The key's decided answer for this request, if it has one: the stored response, or a
+/// refusal (expired past retention, whatever the request; another request's key).
+fn decided(
+    existing: &ExistingKey,
+    request: &IdempotentRequest,
+) -> Result<Option<StoredResponse>, PipelineError> {
+    // Past retention the answer is gone but the key is not: whatever the request, nothing
+    // executes (a very late retry must never charge twice).
+    if existing.state == "expired" {
+        return Err(PipelineError::IdempotencyKeyExpired);
+    }
+    if existing.fingerprint != request.fingerprint.0 {
+        return Err(PipelineError::IdempotencyKeyReused);
+    }
+    match (
+        existing.state.as_str(),
+        existing.response_status,
+        &existing.response_body,
+    ) {
+        ("completed", Some(status), Some(body)) => {
+            let status = u16::try_from(status).map_err(|_| {
+                PipelineError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
+            })?;
+            Ok(Some(StoredResponse {
+                status,
+                body: body.clone(),
+            }))
+        }
+        _ => Ok(None),
+    }
 }
 
 fn claim(pool: &PgPool, request: &IdempotentRequest, token: Uuid) -> Claim {

@@ -213,8 +213,23 @@ impl Pipeline {
         // A place in the wallet's local queue, before anything is written: a full queue sheds
         // the request with nothing to undo.
         let place = match command.locks() {
-            Some(wallet) => Some(self.enqueue(request.tenant, wallet)?),
             None => None,
+            Some(wallet) => match self.enqueue(request.tenant, wallet) {
+                Ok(place) => Some(place),
+                // Shedding writes nothing, but a retry whose answer is already stored is owed
+                // that answer (layer 1 replays at once): look, read-only, before refusing.
+                Err(shed) => {
+                    let owed =
+                        idempotency::answer_without_claiming(&self.db, &request, deadline).await?;
+                    return match owed {
+                        Some(stored) => {
+                            self.metrics.record_replay(operation);
+                            Ok(Outcome::Replayed(stored))
+                        }
+                        None => Err(shed),
+                    };
+                }
+            },
         };
 
         // 1b. Idempotency in Postgres: replay a stored answer, or claim the key.

@@ -270,6 +270,43 @@ async fn a_full_wallet_queue_sheds_before_writing_anything() {
     held.release().await;
 }
 
+/// Guard: `answer_without_claiming` before a shed. A retry whose answer is stored is replayed
+/// even when its wallet's queue is full (layer 1 replays at once), here with the Redis replay
+/// cache forgotten so the answer comes from Postgres; a new key is still shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_wallet_queue_still_replays_stored_answers() {
+    let app = TestApp::spawn_with(|s| {
+        s.pipeline.wallet_queue_depth_max = 1;
+        s.lock.wait_ms_max = 3000;
+    })
+    .await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    let key = new_key();
+    let first = app.debit(&wallet, &key, "1.00").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first = first.bytes().await.unwrap();
+    crate::helpers::forget_replay_cache(&app, &key).await;
+
+    let held = app.hold_wallet_lock(&wallet, 2000).await;
+    let queued_key = new_key();
+    let queued = app.debit(&wallet, &queued_key, "1.00");
+    let while_full = async {
+        // The queued request has taken the only place once its marker exists.
+        app.wait_for_claim(&queued_key).await;
+        let replay = app.debit(&wallet, &key, "1.00").await;
+        let fresh = app.debit(&wallet, &new_key(), "1.00").await;
+        (replay, fresh)
+    };
+    let (queued, (replay, fresh)) = tokio::join!(queued, while_full);
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first);
+    assert_problem(fresh, 503, "lock_timeout").await;
+    held.release().await;
+    assert_eq!(queued.status(), StatusCode::CREATED);
+}
+
 /// Guard: the request deadline bounds row-lock waits (`SET LOCAL lock_timeout` to the time
 /// left), here shorter than `database.lock_timeout_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
