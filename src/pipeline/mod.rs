@@ -44,7 +44,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::{DatabaseSettings, Settings, ms};
 use crate::db::PgPool;
-use crate::domain::{TenantId, WalletId};
+use crate::domain::{HoldId, TenantId, TransactionId, WalletId};
 use crate::metrics::Metrics;
 use crate::redis_nodes::RedisNodes;
 use create_wallet::CreateWalletCommand;
@@ -276,32 +276,28 @@ impl Pipeline {
         deadline: Deadline,
     ) -> Result<(IdempotentRequest, Command), PipelineError> {
         let tenant = request.tenant;
-        let wallet = match &command {
+        /// What the command names instead of a wallet.
+        enum Named {
+            Hold(HoldId),
+            Entry(TransactionId),
+        }
+        let named = match &command {
             Command::Capture(CaptureCommand { hold, .. })
-            | Command::Void(VoidCommand { hold, .. }) => {
-                let hold = *hold;
-                let mut conn = transaction::connection(&self.db, &deadline).await?;
-                transaction::within_deadline(&deadline, async {
-                    holds::hold_wallet(&mut conn, tenant, hold)
-                        .await
-                        .map_err(PipelineError::from_db)
-                })
-                .await?
-            }
-            Command::Reverse(ReverseCommand { transaction, .. }) => {
-                let transaction = *transaction;
-                let mut conn = transaction::connection(&self.db, &deadline).await?;
-                transaction::within_deadline(&deadline, async {
-                    reversal::transaction_wallet(&mut conn, tenant, transaction)
-                        .await
-                        .map_err(PipelineError::from_db)
-                })
-                .await?
-            }
+            | Command::Void(VoidCommand { hold, .. }) => Named::Hold(*hold),
+            Command::Reverse(ReverseCommand { transaction, .. }) => Named::Entry(*transaction),
             Command::CreateWallet(_) | Command::Entry(_) | Command::PlaceHold(_) => {
                 return Ok((request, command));
             }
         };
+        let mut conn = transaction::connection(&self.db, &deadline).await?;
+        let wallet = transaction::within_deadline(&deadline, async {
+            match named {
+                Named::Hold(hold) => holds::hold_wallet(&mut conn, tenant, hold).await,
+                Named::Entry(entry) => reversal::transaction_wallet(&mut conn, tenant, entry).await,
+            }
+            .map_err(PipelineError::from_db)
+        })
+        .await?;
         match &mut command {
             Command::Capture(capture) => capture.wallet = wallet,
             Command::Void(void) => void.wallet = wallet,
