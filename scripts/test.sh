@@ -15,7 +15,13 @@ drop_test_databases() {
       psql "$server/postgres" -q -c "ALTER DATABASE \"$db\" IS_TEMPLATE false" -c "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
     done
 }
-trap drop_test_databases EXIT
+# Test streams, relay leases and cache entries (walletd:test:*) on the shared Redis.
+drop_test_keys() {
+  command -v redis-cli >/dev/null || return 0
+  redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'walletd:test:*' 2>/dev/null |
+    xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 DEL >/dev/null 2>&1 || true
+}
+trap 'drop_test_databases; drop_test_keys' EXIT
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -28,6 +28,8 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     pub rate_limit: RateLimitSettings,
     pub auth: AuthSettings,
+    pub events: EventSettings,
+    pub cache: CacheSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +135,31 @@ pub struct AuthSettings {
     pub negative_cache_ttl_ms: u64,
     pub lookups_concurrent_max: usize,
     pub lookup_wait_ms_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSettings {
+    pub relay_enabled: bool,
+    pub stream: String,
+    pub stream_maxlen: u64,
+    pub partitions: u16,
+    pub lease_ms: u64,
+    pub poll_interval_ms: u64,
+    pub batch_max: u32,
+    pub publish_bytes_max: usize,
+    pub publish_timeout_ms: u64,
+    pub retention_hours: u64,
+    pub prune_interval_s: u64,
+    pub prune_batch_size: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    pub enabled: bool,
+    pub namespace: String,
+    pub ttl_ms: u64,
 }
 
 impl Settings {
@@ -244,9 +271,53 @@ impl Settings {
             self.auth.lookups_concurrent_max >= 1,
             "auth.lookups_concurrent_max must be >= 1"
         );
+        ensure!(
+            (1..=EVENT_PARTITIONS_MAX).contains(&self.events.partitions),
+            "events.partitions must be from 1 to {EVENT_PARTITIONS_MAX}"
+        );
+        ensure!(
+            self.events.lease_ms >= 100 && self.events.poll_interval_ms >= 1,
+            "events.lease_ms must be >= 100 and events.poll_interval_ms >= 1"
+        );
+        // A lease is renewed on every loop turn; a turn that sleeps longer than the lease lasts
+        // would hand the partitions to another replica between every two batches.
+        ensure!(
+            self.events.poll_interval_ms * 3 <= self.events.lease_ms,
+            "events.poll_interval_ms must be at most a third of events.lease_ms"
+        );
+        ensure!(
+            self.events.publish_timeout_ms < self.events.lease_ms,
+            "events.publish_timeout_ms must be less than events.lease_ms"
+        );
+        ensure!(
+            self.events.batch_max >= 1 && self.events.prune_batch_size >= 1,
+            "events.batch_max and events.prune_batch_size must be >= 1"
+        );
+        // One event is at most EVENT_BYTES_MAX (the database says so too): a publish call must
+        // be able to carry at least one.
+        ensure!(
+            self.events.publish_bytes_max >= crate::outbox::EVENT_BYTES_MAX,
+            "events.publish_bytes_max must be >= {}",
+            crate::outbox::EVENT_BYTES_MAX
+        );
+        ensure!(
+            self.events.stream_maxlen >= 1000 && !self.events.stream.is_empty(),
+            "events.stream must be named and events.stream_maxlen must be >= 1000"
+        );
+        ensure!(
+            self.events.retention_hours >= 1 && self.events.prune_interval_s >= 1,
+            "events.retention_hours and events.prune_interval_s must be >= 1"
+        );
+        ensure!(
+            self.cache.ttl_ms >= 1000 && !self.cache.namespace.is_empty(),
+            "cache.namespace must be named and cache.ttl_ms must be >= 1000"
+        );
         Ok(())
     }
 }
+
+/// Most relay partitions: each is one lease key and one term in the relay's query.
+const EVENT_PARTITIONS_MAX: u16 = 256;
 
 fn redis_urls_from_env() -> Option<Vec<String>> {
     let raw = std::env::var("REDIS_URLS").ok()?;

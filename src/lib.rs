@@ -5,12 +5,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod balance_cache;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod ledger_audit;
 pub mod metrics;
+pub mod outbox;
 pub mod pipeline;
 pub mod problem;
 pub mod readiness;

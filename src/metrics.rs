@@ -19,6 +19,12 @@ pub struct Metrics {
     unknown_key_entries: IntGauge,
     shed: IntCounterVec,
     purged: IntCounter,
+    events_published: IntCounter,
+    publish_lag: prometheus::Histogram,
+    outbox_backlog: IntGauge,
+    relay_partitions: IntGauge,
+    cache_reads: IntCounterVec,
+    cache_writes: IntCounterVec,
 }
 
 /// HTTP methods that get their own label value; any other method a client invents is `OTHER`,
@@ -107,6 +113,47 @@ impl Metrics {
         registry.register(Box::new(unknown_key_entries.clone()))?;
         registry.register(Box::new(shed.clone()))?;
         registry.register(Box::new(purged.clone()))?;
+        let events_published = IntCounter::new(
+            "outbox_events_published_total",
+            "Outbox events published to the stream by this replica (a republish counts again)",
+        )?;
+        let publish_lag = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "outbox_publish_lag_seconds",
+                "From the change (occurred_at) to its event's XADD",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )?;
+        let outbox_backlog = IntGauge::new(
+            "outbox_backlog",
+            "Committed events not yet published (all replicas' partitions; sampled each second)",
+        )?;
+        let relay_partitions = IntGauge::new(
+            "outbox_relay_partitions",
+            "Outbox partitions whose lease this replica holds",
+        )?;
+        let cache_reads = IntCounterVec::new(
+            Opts::new(
+                "balance_cache_reads_total",
+                "GET /v1/wallets/{id} by source: hit (Redis), miss (Postgres, then cached), bypass (cache off or distrusted), error (Redis failed; Postgres answered)",
+            ),
+            &["result"],
+        )?;
+        let cache_writes = IntCounterVec::new(
+            Opts::new(
+                "balance_cache_writes_total",
+                "Balance cache writes: pending (marked before a commit), stored, refused (a newer version was there), error",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(events_published.clone()))?;
+        registry.register(Box::new(publish_lag.clone()))?;
+        registry.register(Box::new(outbox_backlog.clone()))?;
+        registry.register(Box::new(relay_partitions.clone()))?;
+        registry.register(Box::new(cache_reads.clone()))?;
+        registry.register(Box::new(cache_writes.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -119,6 +166,12 @@ impl Metrics {
             unknown_key_entries,
             shed,
             purged,
+            events_published,
+            publish_lag,
+            outbox_backlog,
+            relay_partitions,
+            cache_reads,
+            cache_writes,
         })
     }
 
@@ -161,6 +214,30 @@ impl Metrics {
 
     pub fn record_purged(&self, answers: u64) {
         self.purged.inc_by(answers);
+    }
+
+    /// One event XADDed, `lag` after its change.
+    pub fn record_event_published(&self, lag: Duration) {
+        self.events_published.inc();
+        self.publish_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn set_outbox_backlog(&self, waiting: i64) {
+        self.outbox_backlog.set(waiting);
+    }
+
+    pub fn set_relay_partitions(&self, held: i64) {
+        self.relay_partitions.set(held);
+    }
+
+    /// `result`: `hit`, `miss`, `bypass` or `error`.
+    pub fn record_cache_read(&self, result: &'static str) {
+        self.cache_reads.with_label_values(&[result]).inc();
+    }
+
+    /// `result`: `pending`, `stored`, `refused` or `error`.
+    pub fn record_cache_write(&self, result: &'static str) {
+        self.cache_writes.with_label_values(&[result]).inc();
     }
 
     /// Renders every metric; pool gauges and the unknown-key count are sampled now.

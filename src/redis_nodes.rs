@@ -76,6 +76,15 @@ impl RedisNode {
         &self,
         build: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisCallError> {
+        self.call_within(self.command_timeout, build).await
+    }
+
+    /// Runs one command with its own timeout (a bulk publish, longer than one command).
+    pub async fn call_within<T: redis::FromRedisValue>(
+        &self,
+        timeout: Duration,
+        build: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+    ) -> Result<T, RedisCallError> {
         let attempt = async {
             let mut conn = self
                 .pool
@@ -92,12 +101,12 @@ impl RedisNode {
                     source,
                 })
         };
-        tokio::time::timeout(self.command_timeout, attempt)
+        tokio::time::timeout(timeout, attempt)
             .await
             .unwrap_or_else(|_| {
                 Err(RedisCallError::Timeout {
                     node: self.label.clone(),
-                    timeout_ms: self.command_timeout.as_millis(),
+                    timeout_ms: timeout.as_millis(),
                 })
             })
     }

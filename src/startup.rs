@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::outbox::relay::Relay;
 use crate::pipeline::expiry;
 use crate::pipeline::retention::{self, RetentionPolicy};
 
@@ -37,8 +38,22 @@ impl Application {
         ));
         tokio::spawn(expiry::run_forever(
             state.db.clone(),
+            state.effects.clone(),
             Duration::from_secs(settings.holds.sweep_interval_s),
         ));
+        tokio::spawn(state.cache.clone().run_epoch_bumps_forever());
+        if settings.events.relay_enabled {
+            let relay = Relay::new(
+                state.db.clone(),
+                state.redis.clone(),
+                settings.events.clone(),
+                Arc::clone(&state.relay_wake),
+                Arc::clone(&state.metrics),
+            );
+            tokio::spawn(relay.run_forever());
+        } else {
+            tracing::info!("events.relay_enabled = false: events are written, not published, here");
+        }
         let state = web::Data::new(state);
         let mut server = HttpServer::new(move || {
             App::new()

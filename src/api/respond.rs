@@ -34,7 +34,12 @@ pub fn respond(outcome: Outcome) -> HttpResponse {
 /// 200 with a JSON body.
 pub fn json_ok<T: Serialize>(value: &T) -> Result<HttpResponse, ApiError> {
     let body = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(HttpResponse::Ok()
+    Ok(json_bytes(body))
+}
+
+/// 200 with a body that is already JSON.
+pub fn json_bytes(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .body(body))
+        .body(body)
 }

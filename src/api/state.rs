@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::auth::Authenticator;
+use crate::balance_cache::BalanceCache;
 use crate::config::Settings;
 use crate::db::{self, PgPool};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::pipeline::changes::CommitEffects;
 use crate::readiness::ReadinessProbe;
 use crate::redis_nodes::RedisNodes;
 
@@ -20,6 +24,12 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// Authentication and admission of `/v1` callers.
     pub auth: Authenticator,
+    /// The balance read cache of `GET /v1/wallets/{id}`.
+    pub cache: BalanceCache,
+    /// Wakes the outbox relay after a commit (the pipeline and the sweeper signal it).
+    pub relay_wake: Arc<Notify>,
+    /// What the sweeper shares with the pipeline around each commit.
+    pub effects: CommitEffects,
     pub metrics: Arc<Metrics>,
     pub settings: Arc<Settings>,
     pub readiness: Arc<ReadinessProbe>,
@@ -31,13 +41,20 @@ impl AppState {
         let redis = RedisNodes::connect(&settings.redis)?;
         let db = db::build_pool(&settings.database)?;
         let metrics = Arc::new(Metrics::new()?);
+        let cache = BalanceCache::new(redis.clone(), settings.cache.clone(), Arc::clone(&metrics));
+        let relay_wake = Arc::new(Notify::new());
+        let effects = CommitEffects::new(cache.clone(), Arc::clone(&relay_wake));
         Ok(Self {
             pipeline: Arc::new(Pipeline::new(
                 db.clone(),
                 &redis,
+                effects.clone(),
                 Arc::clone(&metrics),
                 settings,
             )),
+            cache,
+            relay_wake,
+            effects,
             auth: Authenticator::new(db.clone(), redis.clone(), Arc::clone(&metrics), settings),
             db,
             redis,

@@ -13,9 +13,10 @@ use super::openapi_schemas::{
     RateLimited, ReplayedFlag, RequestTimeout, Unauthorized, Unavailable, UnsupportedMediaType,
     WalletNotFound,
 };
-use super::respond::{json_ok, respond};
+use super::respond::{json_bytes, json_ok, respond};
 use super::state::AppState;
 use crate::auth::Caller;
+use crate::balance_cache::Lookup;
 use crate::db::models::{LedgerEntryRow, WalletRow};
 use crate::db::schema::{ledger_entries, wallets};
 use crate::domain::{BoundedText, Currency, Metadata, Money, NonNegativeAmount, Scope, WalletId};
@@ -196,8 +197,24 @@ pub async fn get_wallet(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(Scope::WalletsRead)?;
+    let wallet = WalletId::parse(&id).ok_or(ApiError::WalletNotFound)?;
+    // The balance cache first; a miss reads Postgres and offers what it read back to the
+    // cache, under the epoch seen before the read (see balance_cache for why that is safe).
+    let seen = match state.cache.lookup(caller.tenant, wallet).await {
+        Lookup::Hit(body) => return Ok(json_bytes(body)),
+        Lookup::Miss(epoch) => Some(epoch),
+        Lookup::Bypass => None,
+    };
     let row = find_wallet(&state, &caller, &id).await?;
-    json_ok(&Wallet::from_row(&row).map_err(ApiError::Internal)?)
+    let body = serde_json::to_vec(&Wallet::from_row(&row).map_err(ApiError::Internal)?)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(epoch) = seen {
+        state
+            .cache
+            .offer(caller.tenant, wallet, &epoch, row.version, &body)
+            .await;
+    }
+    Ok(json_bytes(body))
 }
 
 /// Debit a wallet (four layers: idempotency, Redis lock, row lock, balance check).

@@ -96,6 +96,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    outbox_events (wallet_id, wallet_version) {
+        wallet_id -> Uuid,
+        wallet_version -> Int8,
+        event_id -> Uuid,
+        tenant_id -> Uuid,
+        event_type -> Text,
+        payload -> Text,
+        occurred_at -> Timestamptz,
+        published_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(holds -> wallets (wallet_id));
 diesel::joinable!(ledger_entries -> wallets (wallet_id));
@@ -108,4 +121,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     holds,
     idempotency_keys,
     ledger_entries,
+    outbox_events,
 );

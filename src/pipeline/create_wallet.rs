@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::changes::Changes;
 use super::idempotency::Claim;
 use super::outcome::StoredResponse;
 use super::transaction::TxError;
@@ -25,6 +26,7 @@ pub(super) async fn create_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &CreateWalletCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     claim.reassert(conn).await??;
     let row: WalletRow = diesel::insert_into(wallets::table)
@@ -38,6 +40,7 @@ pub(super) async fn create_once(
         .returning(WalletRow::as_returning())
         .get_result(conn)
         .await?;
+    changes.wallet_created(&row)?;
     let wallet = Wallet::from_row(&row).map_err(TxError::Render)?;
     let body = serde_json::to_vec(&wallet).map_err(|e| TxError::Render(e.into()))?;
     let response = StoredResponse { status: 201, body };

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use super::append::entry_time;
+use super::changes::{Changes, CommitEffects};
 use crate::db::PgPool;
 use crate::db::schema::holds;
 
@@ -20,12 +21,12 @@ const WALLETS_PER_RUN_MAX: i64 = 500;
 
 /// Runs the sweeper every `interval` until the process ends; a failed run is logged and
 /// retried at the next interval.
-pub async fn run_forever(pool: PgPool, interval: Duration) {
+pub async fn run_forever(pool: PgPool, effects: CommitEffects, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        match sweep(&pool).await {
+        match sweep(&pool, &effects).await {
             Ok(0) => {}
             Ok(expired) => tracing::info!(expired, "expired holds released"),
             Err(error) => tracing::warn!(%error, "hold sweeper failed; will retry"),
@@ -35,7 +36,7 @@ pub async fn run_forever(pool: PgPool, interval: Duration) {
 
 /// One run: releases the due holds of at most [`WALLETS_PER_RUN_MAX`] wallets; returns how
 /// many holds it expired.
-pub async fn sweep(pool: &PgPool) -> anyhow::Result<usize> {
+pub async fn sweep(pool: &PgPool, effects: &CommitEffects) -> anyhow::Result<usize> {
     let at = entry_time();
     let mut conn = pool.get().await?;
     let wallets: Vec<uuid::Uuid> = holds::table
@@ -50,11 +51,22 @@ pub async fn sweep(pool: &PgPool) -> anyhow::Result<usize> {
     for wallet in wallets {
         // One wallet's trouble (a lock held by a long request, a timeout) must not stop the
         // others: it is logged, and the next run tries it again.
+        // Like any change of a wallet: its events in the transaction, its cache entry marked
+        // before the commit and updated after.
         let swept = conn
-            .transaction(async |c| super::holds::expire_due(c, wallet, entry_time()).await)
+            .transaction(async |c| {
+                let mut changes = Changes::default();
+                let count = super::holds::expire_due(c, wallet, entry_time(), &mut changes).await?;
+                crate::outbox::insert(c, changes.events()).await?;
+                let mark = effects.before_commit(&changes).await;
+                Ok::<_, super::transaction::TxError>((count, changes, mark))
+            })
             .await;
         match swept {
-            Ok(count) => expired += count,
+            Ok((count, changes, mark)) => {
+                effects.after_commit(&changes, mark).await;
+                expired += count;
+            }
             Err(error) => {
                 tracing::warn!(%wallet, %error, "could not release a wallet's expired holds")
             }

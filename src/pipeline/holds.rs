@@ -12,6 +12,7 @@ use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::changes::Changes;
 use super::idempotency::Claim;
 use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
@@ -19,6 +20,7 @@ use super::transaction::TxError;
 use crate::db::PgConn;
 use crate::db::models::{HoldRow, WalletRow};
 use crate::db::schema::{holds, wallets};
+use crate::outbox::EventType;
 use crate::domain::{BoundedText, HoldId, Money, PendingAmount, WalletId};
 use crate::representation::{Hold, render_timestamp};
 
@@ -60,6 +62,7 @@ pub(super) async fn place_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &PlaceHoldCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     claim.reassert(conn).await??;
@@ -67,10 +70,10 @@ pub(super) async fn place_once(
         None => Decline::WalletNotFound.stored(),
         Some(wallet) => {
             let at = entry_time();
-            let wallet = release_expired_holds(conn, wallet, at).await?;
+            let wallet = release_expired_holds(conn, wallet, at, changes).await?;
             match refuse_to_reserve(&wallet, &command.money) {
                 Some(decline) => decline.stored(),
-                None => place(conn, claim, &wallet, command, at).await?,
+                None => place(conn, claim, &wallet, command, at, changes).await?,
             }
         }
     };
@@ -83,6 +86,7 @@ async fn place(
     wallet: &WalletRow,
     command: &PlaceHoldCommand,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let expires_at = at
         + chrono::Duration::from_std(command.expires_in).map_err(|e| TxError::Render(e.into()))?;
@@ -103,8 +107,10 @@ async fn place(
         .returning(HoldRow::as_returning())
         .get_result(conn)
         .await?;
-    move_held(conn, wallet, wallet.held + hold.amount, at).await?;
-    json_response(201, &Hold::from_row(&hold, at).map_err(TxError::Render)?)
+    let moved = move_held(conn, wallet, wallet.held + hold.amount, 1, at).await?;
+    let shown = Hold::from_row(&hold, at).map_err(TxError::Render)?;
+    changes.hold_changed(EventType::HoldCreated, &shown, &moved, at)?;
+    json_response(201, &shown)
 }
 
 /// Why the wallet cannot reserve `money`, if it cannot: the debit rules.
@@ -136,6 +142,7 @@ pub(super) async fn capture_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &CaptureCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
     // The time of the decision: taken once the locks are held, never before a wait for them.
@@ -143,9 +150,12 @@ pub(super) async fn capture_once(
     let response = match found {
         Err(decline) => decline.stored(),
         Ok((wallet, _)) if wallet.status != "active" => Decline::WalletClosed.stored(),
-        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
+        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at, changes).await? {
             Some(decline) => decline.stored(),
-            None => capture(conn, claim, &wallet, &hold, command.amount.as_ref(), at).await?,
+            None => {
+                let amount = command.amount.as_ref();
+                capture(conn, claim, &wallet, &hold, amount, at, changes).await?
+            }
         },
     };
     Ok(response)
@@ -158,6 +168,7 @@ async fn capture(
     hold: &HoldRow,
     amount: Option<&PendingAmount>,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let currency = crate::domain::Currency::parse(hold.currency.trim())
         .map_err(|e| TxError::Render(anyhow::anyhow!("stored currency is invalid: {e}")))?;
@@ -176,13 +187,14 @@ async fn capture(
         ))
         .stored());
     }
-    diesel::update(holds::table.find((hold.wallet_id, hold.id)))
+    let captured: HoldRow = diesel::update(holds::table.find((hold.wallet_id, hold.id)))
         .set((
             holds::status.eq("captured"),
             holds::captured_amount.eq(amount),
             holds::updated_at.eq(at),
         ))
-        .execute(conn)
+        .returning(HoldRow::as_returning())
+        .get_result(conn)
         .await?;
     let metadata = serde_json::Value::Object(serde_json::Map::new());
     let entry = NewEntry {
@@ -198,7 +210,9 @@ async fn capture(
         reverses: None,
         held_after: wallet.held - hold.amount,
     };
-    let (shown, _) = append_entry(conn, wallet, entry, at).await?;
+    let (shown, moved) = append_entry(conn, wallet, entry, at).await?;
+    let captured = Hold::from_row(&captured, at).map_err(TxError::Render)?;
+    changes.entry_appended(&shown, &moved, Some(&captured))?;
     json_response(201, &shown)
 }
 
@@ -207,19 +221,20 @@ pub(super) async fn void_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &VoidCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
     // The time of the decision: taken once the locks are held, never before a wait for them.
     let at = entry_time();
     let response = match found {
         Err(decline) => decline.stored(),
-        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at).await? {
+        Ok((wallet, hold)) => match usable(conn, &wallet, &hold, at, changes).await? {
             // A hold found expired cannot be voided either: it is no longer active.
             Some(Decline::HoldExpired(_)) => Decline::HoldNotActive("expired".to_owned()).stored(),
             Some(decline) => decline.stored(),
             None => {
-                let voided = release(conn, &wallet, &hold, "voided", at).await?;
-                json_response(200, &Hold::from_row(&voided, at).map_err(TxError::Render)?)?
+                let voided = release(conn, &wallet, &hold, EventType::HoldVoided, at, changes).await?;
+                json_response(200, &voided)?
             }
         },
     };
@@ -261,6 +276,7 @@ async fn usable(
     wallet: &WalletRow,
     hold: &HoldRow,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<Option<Decline>, TxError> {
     // An expired hold is `hold_expired` whether the sweeper, an earlier request or this one
     // found it so.
@@ -273,7 +289,7 @@ async fn usable(
         return Ok(Some(Decline::HoldNotActive(hold.status.clone())));
     }
     if hold.expires_at <= at {
-        release(conn, wallet, hold, "expired", at).await?;
+        release(conn, wallet, hold, EventType::HoldExpired, at, changes).await?;
         return Ok(Some(Decline::HoldExpired(render_timestamp(
             hold.expires_at,
         ))));
@@ -281,35 +297,45 @@ async fn usable(
     Ok(None)
 }
 
-/// Ends an active hold without a capture (`voided` or `expired`) and releases its amount.
+/// Ends an active hold without a capture (`hold.voided` or `hold.expired`) and releases its
+/// amount; returns the hold as it now is.
 async fn release(
     conn: &mut PgConn,
     wallet: &WalletRow,
     hold: &HoldRow,
-    status: &'static str,
+    event: EventType,
     at: DateTime<Utc>,
-) -> Result<HoldRow, TxError> {
+    changes: &mut Changes,
+) -> Result<Hold, TxError> {
+    let status = match event {
+        EventType::HoldVoided => "voided",
+        _ => "expired",
+    };
     let ended: HoldRow = diesel::update(holds::table.find((hold.wallet_id, hold.id)))
         .set((holds::status.eq(status), holds::updated_at.eq(at)))
         .returning(HoldRow::as_returning())
         .get_result(conn)
         .await?;
-    move_held(conn, wallet, wallet.held - hold.amount, at).await?;
-    Ok(ended)
+    let moved = move_held(conn, wallet, wallet.held - hold.amount, 1, at).await?;
+    let shown = Hold::from_row(&ended, at).map_err(TxError::Render)?;
+    changes.hold_changed(event, &shown, &moved, at)?;
+    Ok(shown)
 }
 
-/// Sets the locked wallet's `held` and raises its version; returns the wallet as it now is.
+/// Sets the locked wallet's `held` and raises its version by `changes` (one per hold that
+/// changed); returns the wallet as it now is.
 async fn move_held(
     conn: &mut PgConn,
     wallet: &WalletRow,
     held: Decimal,
+    changes: i64,
     at: DateTime<Utc>,
 ) -> Result<WalletRow, TxError> {
-    debug_assert!(held >= Decimal::ZERO);
+    debug_assert!(held >= Decimal::ZERO && changes >= 1);
     Ok(diesel::update(wallets::table.find(wallet.id))
         .set((
             wallets::held.eq(held),
-            wallets::version.eq(wallets::version + 1),
+            wallets::version.eq(wallets::version + changes),
             wallets::updated_at.eq(at),
         ))
         .returning(WalletRow::as_returning())
@@ -340,6 +366,7 @@ pub(super) async fn expire_due(
     conn: &mut PgConn,
     wallet: uuid::Uuid,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<usize, TxError> {
     // SKIP LOCKED: a wallet busy with a request is swept at the next run, never waited for.
     let Some(locked): Option<WalletRow> = wallets::table
@@ -353,7 +380,7 @@ pub(super) async fn expire_due(
     else {
         return Ok(0);
     };
-    let (_, expired) = release_due(conn, locked, at).await?;
+    let (_, expired) = release_due(conn, locked, at, changes).await?;
     Ok(expired)
 }
 
@@ -364,19 +391,24 @@ pub(super) async fn release_expired_holds(
     conn: &mut PgConn,
     wallet: WalletRow,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<WalletRow, TxError> {
     if wallet.held.is_zero() {
         return Ok(wallet);
     }
-    Ok(release_due(conn, wallet, at).await?.0)
+    Ok(release_due(conn, wallet, at, changes).await?.0)
 }
 
+/// Expires every due hold of the locked wallet in one statement. Each hold is one change of
+/// the wallet (one version, one `hold.expired` event whose snapshot has that hold released
+/// and the later ones not yet), so the wallet's version rises by the number of holds.
 async fn release_due(
     conn: &mut PgConn,
     wallet: WalletRow,
     at: DateTime<Utc>,
+    changes: &mut Changes,
 ) -> Result<(WalletRow, usize), TxError> {
-    let expired: Vec<HoldRow> = diesel::update(
+    let mut expired: Vec<HoldRow> = diesel::update(
         holds::table
             .filter(holds::wallet_id.eq(wallet.id))
             .filter(holds::status.eq("active"))
@@ -389,7 +421,18 @@ async fn release_due(
     if expired.is_empty() {
         return Ok((wallet, 0));
     }
+    expired.sort_by_key(|hold| (hold.expires_at, hold.id));
     let released: Decimal = expired.iter().map(|hold| hold.amount).sum();
-    let moved = move_held(conn, &wallet, wallet.held - released, at).await?;
+    let count = i64::try_from(expired.len()).map_err(|e| TxError::Render(e.into()))?;
+    let moved = move_held(conn, &wallet, wallet.held - released, count, at).await?;
+    let mut step = wallet;
+    for hold in &expired {
+        step.held -= hold.amount;
+        step.version += 1;
+        step.updated_at = moved.updated_at;
+        let shown = Hold::from_row(hold, at).map_err(TxError::Render)?;
+        changes.hold_changed(EventType::HoldExpired, &shown, &step, at)?;
+    }
+    debug_assert!(step.version == moved.version && step.held == moved.held);
     Ok((moved, expired.len()))
 }

@@ -8,6 +8,7 @@
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
 use super::locked::lock_wallet;
@@ -125,12 +126,13 @@ pub(super) async fn post_entry_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &EntryCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     claim.reassert(conn).await??;
     let at = entry_time();
     let wallet = match wallet {
-        Some(wallet) => Some(release_expired_holds(conn, wallet, at).await?),
+        Some(wallet) => Some(release_expired_holds(conn, wallet, at, changes).await?),
         None => None,
     };
 
@@ -161,6 +163,7 @@ pub(super) async fn post_entry_once(
             };
             let (shown, moved) = append_entry(conn, &wallet, entry, at).await?;
             debug_assert_eq!(moved.balance, balance_after);
+            changes.entry_appended(&shown, &moved, None)?;
             let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
             StoredResponse { status: 201, body }
         }

@@ -22,6 +22,7 @@
 
 pub mod append;
 pub mod chain;
+pub mod changes;
 pub mod create_wallet;
 pub mod deadline;
 pub mod expiry;
@@ -42,11 +43,14 @@ use std::time::{Duration, Instant};
 use diesel_async::AsyncConnection;
 use tokio::sync::Semaphore;
 
+use crate::balance_cache::Mark;
 use crate::config::{DatabaseSettings, Settings, ms};
 use crate::db::PgPool;
 use crate::domain::{HoldId, TenantId, TransactionId, WalletId};
 use crate::metrics::Metrics;
+use crate::outbox;
 use crate::redis_nodes::RedisNodes;
+use changes::{Changes, CommitEffects};
 use create_wallet::CreateWalletCommand;
 use deadline::Deadline;
 use holds::{CaptureCommand, PlaceHoldCommand, VoidCommand};
@@ -109,20 +113,26 @@ impl Command {
     }
 
     /// Layers 3 and 4: inside the transaction, after the statements are bounded; the command
-    /// locks its wallet row, re-asserts the claim and decides. Storing the answer is not its
-    /// job: the pipeline does that once for every command, in the same transaction.
+    /// locks its wallet row, re-asserts the claim, decides, and records in `changes` what it
+    /// changed. Storing the answer and the events is not its job: the pipeline does that once
+    /// for every command, in the same transaction.
     async fn run_locked(
         &self,
         conn: &mut crate::db::PgConn,
         claim: &Claim,
+        changes: &mut Changes,
     ) -> Result<StoredResponse, TxError> {
         match self {
-            Command::CreateWallet(create) => create_wallet::create_once(conn, claim, create).await,
-            Command::Entry(entry) => ledger::post_entry_once(conn, claim, entry).await,
-            Command::PlaceHold(place) => holds::place_once(conn, claim, place).await,
-            Command::Capture(capture) => holds::capture_once(conn, claim, capture).await,
-            Command::Void(void) => holds::void_once(conn, claim, void).await,
-            Command::Reverse(reverse) => reversal::reverse_once(conn, claim, reverse).await,
+            Command::CreateWallet(create) => {
+                create_wallet::create_once(conn, claim, create, changes).await
+            }
+            Command::Entry(entry) => ledger::post_entry_once(conn, claim, entry, changes).await,
+            Command::PlaceHold(place) => holds::place_once(conn, claim, place, changes).await,
+            Command::Capture(capture) => holds::capture_once(conn, claim, capture, changes).await,
+            Command::Void(void) => holds::void_once(conn, claim, void, changes).await,
+            Command::Reverse(reverse) => {
+                reversal::reverse_once(conn, claim, reverse, changes).await
+            }
         }
     }
 }
@@ -132,6 +142,7 @@ pub struct Pipeline {
     db: PgPool,
     locks: WalletLocks,
     replay_cache: ReplayCache,
+    effects: CommitEffects,
     metrics: Arc<Metrics>,
     database: DatabaseSettings,
     lease: Duration,
@@ -141,7 +152,13 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(db: PgPool, redis: &RedisNodes, metrics: Arc<Metrics>, settings: &Settings) -> Self {
+    pub fn new(
+        db: PgPool,
+        redis: &RedisNodes,
+        effects: CommitEffects,
+        metrics: Arc<Metrics>,
+        settings: &Settings,
+    ) -> Self {
         Self {
             db,
             locks: WalletLocks::new(
@@ -153,6 +170,7 @@ impl Pipeline {
                 redis.clone(),
                 Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
             ),
+            effects,
             metrics,
             database: settings.database.clone(),
             lease: ms(settings.idempotency.lease_ms),
@@ -250,14 +268,29 @@ impl Pipeline {
             },
         };
 
-        // 3 + 4. Row lock, key re-claim, the command's decision, one commit.
+        // 3 + 4. Row lock, key re-claim, the command's decision, one commit (with the events
+        // of what changed, and the wallet's cache entry marked pending before it).
         let result = self.transaction(&claim, &command, deadline).await;
-        if let Some(guard) = guard {
-            if guard.expired() {
-                tracing::warn!(wallet = ?command.locks(), "Redis lock expired before the commit; the row lock kept the ledger consistent");
+        let release = async {
+            if let Some(guard) = guard {
+                if guard.expired() {
+                    tracing::warn!(wallet = ?command.locks(), "Redis lock expired before the commit; the row lock kept the ledger consistent");
+                }
+                guard.release().await;
             }
-            guard.release().await;
-        }
+        };
+        // After the commit: the cache gets the committed wallet (before the client hears of
+        // the change, so its next read sees it) and the relay is woken.
+        let result = match result {
+            Ok((stored, changes, mark)) => {
+                tokio::join!(release, self.effects.after_commit(&changes, mark));
+                Ok(stored)
+            }
+            Err(error) => {
+                release.await;
+                Err(error)
+            }
+        };
 
         let stored = settle(claim, result).await?;
         if command.writes_entry() {
@@ -382,27 +415,36 @@ impl Pipeline {
     }
 
     /// Layers 3 and 4: one transaction, retried on a serialization failure or deadlock, all of
-    /// it within the deadline; the command decides inside it.
+    /// it within the deadline; the command decides inside it. Returns the committed answer,
+    /// what changed, and the cache mark made before the commit.
     async fn transaction(
         &self,
         claim: &Claim,
         command: &Command,
         deadline: Deadline,
-    ) -> Result<StoredResponse, PipelineError> {
+    ) -> Result<(StoredResponse, Changes, Mark), PipelineError> {
         let mut conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
+        let effects = &self.effects;
         transaction::within_deadline(&deadline, async {
             let mut attempt = 1;
             loop {
-                let outcome: Result<StoredResponse, TxError> = conn
+                let outcome: Result<(StoredResponse, Changes, Mark), TxError> = conn
                     .transaction(async |c| {
                         transaction::bound_statements(c, &deadline, database)
                             .await
                             .map_err(TxError::Db)?;
-                        let response = command.run_locked(c, claim).await?;
-                        // The answer commits with the effect, for every command, here.
-                        claim.complete(c, &response).await?;
-                        Ok(response)
+                        let mut changes = Changes::default();
+                        let response = command.run_locked(c, claim, &mut changes).await?;
+                        // The events and the answer commit with the effect, for every command,
+                        // here; the cache mark (Redis) overlaps the answer's statement.
+                        outbox::insert(c, changes.events()).await?;
+                        let (completed, mark) = tokio::join!(
+                            claim.complete(c, &response),
+                            effects.before_commit(&changes)
+                        );
+                        completed?;
+                        Ok((response, changes, mark))
                     })
                     .await;
                 match outcome {

@@ -8,6 +8,7 @@ use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
 use super::append::{Direction, NewEntry, append_entry, entry_time};
+use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
 use super::locked::lock_wallet;
@@ -33,6 +34,7 @@ pub(super) async fn reverse_once(
     conn: &mut PgConn,
     claim: &Claim,
     command: &ReverseCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let wallet = match command.wallet {
         Some(wallet) => lock_wallet(conn, claim.tenant(), wallet).await?,
@@ -43,7 +45,7 @@ pub(super) async fn reverse_once(
         None => Decline::TransactionNotFound.stored(),
         Some(wallet) => match original(conn, &wallet, command.transaction).await? {
             None => Decline::TransactionNotFound.stored(),
-            Some(original) => reverse(conn, claim, &wallet, &original, command).await?,
+            Some(original) => reverse(conn, claim, &wallet, &original, command, changes).await?,
         },
     };
     Ok(response)
@@ -69,6 +71,7 @@ async fn reverse(
     wallet: &WalletRow,
     original: &LedgerEntryRow,
     command: &ReverseCommand,
+    changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     if original.entry_type == "reversal" {
         return Ok(Decline::NotReversible.stored());
@@ -77,7 +80,7 @@ async fn reverse(
         return Ok(Decline::WalletClosed.stored());
     }
     let at = entry_time();
-    let wallet = &release_expired_holds(conn, wallet.clone(), at).await?;
+    let wallet = &release_expired_holds(conn, wallet.clone(), at, changes).await?;
     let currency = Currency::parse(original.currency.trim())
         .map_err(|e| TxError::Render(anyhow::anyhow!("stored currency is invalid: {e}")))?;
     let reversed: Option<Decimal> = ledger_entries::table
@@ -135,7 +138,8 @@ async fn reverse(
         reverses: Some(original.id),
         held_after: wallet.held,
     };
-    let (shown, _) = append_entry(conn, wallet, entry, at).await?;
+    let (shown, moved) = append_entry(conn, wallet, entry, at).await?;
+    changes.entry_appended(&shown, &moved, None)?;
     let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
     Ok(StoredResponse { status: 201, body })
 }

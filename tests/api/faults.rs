@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{TestApp, assert_problem, free_port, new_key, poll_until};
+use crate::helpers::{TestApp, assert_problem, free_port, isolation_env, new_key, poll_until};
 
 /// A private Postgres cluster in a temp dir on a free port, for tests that stop and restart
 /// it (the shared server is never touched). Runs as `postgres` when the tests run as root.
@@ -145,6 +145,7 @@ async fn serve_binary(
         .env("DATABASE_URL", &app.database_url)
         .env("WALLETD_BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", rust_log)
+        .envs(isolation_env(&app.database_url))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(output())
         .stderr(output())

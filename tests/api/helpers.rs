@@ -151,6 +151,8 @@ pub struct TestApp {
     pub tenant_id: String,
     pub api_key: String,
     pub client: reqwest::Client,
+    /// The settings it runs with (its stream, cache namespace, Redis nodes).
+    pub settings: Settings,
 }
 
 impl TestApp {
@@ -188,6 +190,7 @@ impl TestApp {
 
     fn start(settings: Settings, database_url: String, tenant_id: String, api_key: String) -> Self {
         let application = Application::build(&settings).expect("walletd builds");
+        let settings_kept = settings.clone();
         let address = format!("http://127.0.0.1:{}", application.port());
         tokio::spawn(application.run_until_stopped());
         let client = reqwest::Client::builder()
@@ -201,6 +204,7 @@ impl TestApp {
             tenant_id,
             api_key,
             client,
+            settings: settings_kept,
         }
     }
 
@@ -579,6 +583,16 @@ pub fn dec(value: &Value) -> Decimal {
     .unwrap()
 }
 
+/// The environment a `walletd` child process of this database needs to keep to its own
+/// stream and cache keys on the shared Redis (as [`test_settings`] does in process).
+pub fn isolation_env(database_url: &str) -> Vec<(String, String)> {
+    let settings = test_settings(database_url, |_| {});
+    vec![
+        ("WALLETD__EVENTS__STREAM".into(), settings.events.stream),
+        ("WALLETD__CACHE__NAMESPACE".into(), settings.cache.namespace),
+    ]
+}
+
 /// Test settings: port 0, a small pool, two workers, a quick shutdown; then `adjust`.
 fn test_settings(database_url: &str, adjust: impl FnOnce(&mut Settings)) -> Settings {
     let mut settings = base_settings();
@@ -587,6 +601,11 @@ fn test_settings(database_url: &str, adjust: impl FnOnce(&mut Settings)) -> Sett
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.workers = 2;
     settings.server.shutdown_timeout_s = 1;
+    // Tests share one Redis: each database gets its own stream, relay leases and cache keys
+    // (replicas of one app share them, as replicas of one deployment do).
+    let database = database_url.rsplit('/').next().unwrap_or("walletd");
+    settings.events.stream = format!("walletd:test:{database}:events");
+    settings.cache.namespace = format!("walletd:test:{database}:wallet");
     adjust(&mut settings);
     settings
 }

@@ -17,7 +17,8 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
-    let app = TestApp::spawn().await;
+    // These tests write in SQL behind the service, which its balance cache cannot see.
+    let app = TestApp::spawn_with(|s| s.cache.enabled = false).await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
     let debit_key = new_key();
@@ -113,11 +114,16 @@ fn idempotency_row(tenant: &str, key: &str, wallet: &str) -> String {
     )
 }
 
-/// Moves the wallet row the way the service does before appending an entry.
+/// Moves the wallet row the way the service does before appending an entry (with the event
+/// that every new version needs).
 fn move_wallet(wallet: &str, balance: &str, last_seq: i64) -> String {
     format!(
         "UPDATE wallets SET balance = {balance}, last_seq = {last_seq}, version = version + 1 \
-         WHERE id = '{wallet}'"
+         WHERE id = '{wallet}'; \
+         INSERT INTO outbox_events (wallet_id, wallet_version, event_id, tenant_id, event_type, \
+                                    payload, occurred_at) \
+         SELECT id, version, gen_random_uuid(), tenant_id, 'wallet.debited', '{{}}', now() \
+           FROM wallets WHERE id = '{wallet}'"
     )
 }
 

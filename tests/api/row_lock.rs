@@ -71,6 +71,9 @@ fn own_redis(node: &PrivateRedis) -> impl FnOnce(&mut Settings) + use<> {
         s.redis.urls = vec![url];
         s.database.pool_max_size = 16;
         s.lock.wait_ms_max = 8_000;
+        // Replicas on separate Redis nodes cannot share a balance cache (one replica's writes
+        // would never reach the other's entries): a deployment gives them one first node.
+        s.cache.enabled = false;
     }
 }
 

@@ -188,7 +188,8 @@ async fn the_ledger_pages_with_a_keyset_cursor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credit_past_the_maximum_balance_is_refused() {
     use diesel_async::SimpleAsyncConnection;
-    let app = TestApp::spawn().await;
+    // The balance is written in SQL behind the service, which its balance cache cannot see.
+    let app = TestApp::spawn_with(|s| s.cache.enabled = false).await;
     let wallet = app.create_wallet("EUR").await;
     app.db()
         .await
@@ -205,6 +206,10 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
                                     version = version + 1,
                                     last_hash = encode(sha256(('bulk-' || i)::bytea), 'hex')
                   WHERE id = w;
+                 INSERT INTO outbox_events (wallet_id, wallet_version, event_id, tenant_id, event_type,
+                                            payload, occurred_at)
+                 SELECT w, version, gen_random_uuid(), t, 'wallet.credited', '{{}}', now()
+                   FROM wallets WHERE id = w;
                  INSERT INTO ledger_entries (wallet_id, seq, id, tenant_id, entry_type, amount, currency,
                                              balance_before, balance_after, idempotency_key,
                                              prev_hash, hash)

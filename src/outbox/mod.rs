@@ -1,0 +1,142 @@
+//! The transactional outbox (API.md Part 3): events written in the transaction of the change
+//! they describe, and published by the [`relay`] only once that transaction committed.
+//!
+//! This module is the storage side: what an event row is, how one transaction writes its
+//! events (one statement), and the relay's reads and writes of the table. The event's JSON is
+//! rendered once, when it is written, and published byte for byte: a consumer gets exactly
+//! what was committed, never a read-back that could see a later state.
+
+pub mod relay;
+mod store;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::db::PgConn;
+use crate::db::schema::outbox_events;
+use crate::representation::render_timestamp;
+pub use store::{PublishedKey, UnpublishedEvent};
+
+/// Largest event the database accepts (`outbox_events.payload`): the biggest change (an entry
+/// with 16 KiB of metadata, and its wallet) is far below it.
+pub const EVENT_BYTES_MAX: usize = 131_072;
+
+/// What happened (API.md Part 3, `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    WalletCreated,
+    WalletDebited,
+    WalletCredited,
+    WalletReversed,
+    HoldCreated,
+    HoldCaptured,
+    HoldVoided,
+    HoldExpired,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::WalletCreated => "wallet.created",
+            EventType::WalletDebited => "wallet.debited",
+            EventType::WalletCredited => "wallet.credited",
+            EventType::WalletReversed => "wallet.reversed",
+            EventType::HoldCreated => "hold.created",
+            EventType::HoldCaptured => "hold.captured",
+            EventType::HoldVoided => "hold.voided",
+            EventType::HoldExpired => "hold.expired",
+        }
+    }
+}
+
+/// One event, rendered, waiting for its transaction's INSERT.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub wallet_id: Uuid,
+    /// The wallet's version right after the change: the per-wallet publishing order.
+    pub wallet_version: i64,
+    pub event_id: Uuid,
+    pub tenant_id: Uuid,
+    pub event_type: EventType,
+    /// The event's JSON, exactly as it will be published.
+    pub payload: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
+/// The published form: `{"event_id","type","tenant_id","wallet_id","occurred_at","data"}`.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    event_id: String,
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    tenant_id: String,
+    wallet_id: String,
+    occurred_at: String,
+    data: &'a serde_json::Value,
+}
+
+impl NewEvent {
+    /// Renders an event; `data` is already complete (the transaction, hold or wallet with its
+    /// `wallet` snapshot).
+    pub fn render(
+        event_type: EventType,
+        tenant_id: Uuid,
+        wallet_id: Uuid,
+        wallet_version: i64,
+        occurred_at: DateTime<Utc>,
+        data: &serde_json::Value,
+    ) -> anyhow::Result<Self> {
+        let event_id = Uuid::now_v7();
+        let payload = serde_json::to_string(&Envelope {
+            event_id: event_id.hyphenated().to_string(),
+            event_type: event_type.as_str(),
+            tenant_id: tenant_id.hyphenated().to_string(),
+            wallet_id: wallet_id.hyphenated().to_string(),
+            occurred_at: render_timestamp(occurred_at),
+            data,
+        })?;
+        anyhow::ensure!(
+            payload.len() <= EVENT_BYTES_MAX,
+            "event {event_id} is {} bytes, over {EVENT_BYTES_MAX}",
+            payload.len()
+        );
+        Ok(Self {
+            wallet_id,
+            wallet_version,
+            event_id,
+            tenant_id,
+            event_type,
+            payload,
+            occurred_at,
+        })
+    }
+}
+
+/// Writes a transaction's events, all in one statement (nothing when there are none).
+pub async fn insert(conn: &mut PgConn, events: &[NewEvent]) -> QueryResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<_> = events
+        .iter()
+        .map(|event| {
+            (
+                outbox_events::wallet_id.eq(event.wallet_id),
+                outbox_events::wallet_version.eq(event.wallet_version),
+                outbox_events::event_id.eq(event.event_id),
+                outbox_events::tenant_id.eq(event.tenant_id),
+                outbox_events::event_type.eq(event.event_type.as_str()),
+                outbox_events::payload.eq(&event.payload),
+                outbox_events::occurred_at.eq(event.occurred_at),
+            )
+        })
+        .collect();
+    diesel::insert_into(outbox_events::table)
+        .values(rows)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
