@@ -208,19 +208,16 @@ impl Relay {
         for partition in &partitions {
             invocation.key(self.lease_key(*partition));
         }
-        invocation
-            .arg(&self.id)
-            .arg(self.settings.stream_maxlen);
+        invocation.arg(&self.id).arg(self.settings.stream_maxlen);
         for event in chunk {
             invocation.arg(&event.payload);
         }
         let added: i64 = self
             .redis
             .primary()
-            .call_within(
-                ms(self.settings.publish_timeout_ms),
-                async |c| invocation.invoke_async(c).await,
-            )
+            .call_within(ms(self.settings.publish_timeout_ms), async |c| {
+                invocation.invoke_async(c).await
+            })
             .await?;
         Ok(added >= 0)
     }
@@ -275,17 +272,18 @@ impl Relay {
         if self.held.is_empty() {
             return;
         }
-        let before = Utc::now() - chrono::Duration::hours(
-            i64::try_from(self.settings.retention_hours).unwrap_or(i64::MAX / 3600),
-        );
+        let before = Utc::now()
+            - chrono::Duration::hours(
+                i64::try_from(self.settings.retention_hours).unwrap_or(i64::MAX / 3600),
+            );
         let pruned = async {
             let mut conn = self.db.get().await?;
             let mut total = 0;
             for _ in 0..PRUNE_BATCHES_PER_RUN_MAX {
-                let deleted = store::prune(&mut conn, before, self.settings.prune_batch_size).await?;
+                let deleted =
+                    store::prune(&mut conn, before, self.settings.prune_batch_size).await?;
                 total += deleted;
-                if deleted < usize::try_from(self.settings.prune_batch_size).unwrap_or(usize::MAX)
-                {
+                if deleted < usize::try_from(self.settings.prune_batch_size).unwrap_or(usize::MAX) {
                     break;
                 }
             }

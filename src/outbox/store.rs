@@ -127,7 +127,10 @@ mod tests {
             assert!(p < 16);
             seen[usize::from(p)] = true;
         }
-        assert!(seen.iter().all(|s| *s), "2000 random wallets reach all 16 partitions");
+        assert!(
+            seen.iter().all(|s| *s),
+            "2000 random wallets reach all 16 partitions"
+        );
         assert_eq!(partition_of(Uuid::now_v7(), 1), 0);
     }
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Notify;
 use serde_json::Value;
+use tokio::sync::Notify;
 
 use super::transaction::TxError;
 use crate::balance_cache::{BalanceCache, Mark};
@@ -112,9 +112,7 @@ impl Changes {
             version: shown.version,
         };
         let Value::Object(members) = &mut data else {
-            return Err(render_error(anyhow::anyhow!(
-                "event data is not an object"
-            )));
+            return Err(render_error(anyhow::anyhow!("event data is not an object")));
         };
         members.insert(
             "wallet".to_owned(),

@@ -20,8 +20,8 @@ use super::transaction::TxError;
 use crate::db::PgConn;
 use crate::db::models::{HoldRow, WalletRow};
 use crate::db::schema::{holds, wallets};
-use crate::outbox::EventType;
 use crate::domain::{BoundedText, HoldId, Money, PendingAmount, WalletId};
+use crate::outbox::EventType;
 use crate::representation::{Hold, render_timestamp};
 
 /// Longest and default hold lifetime (API.md: 1 ≤ expires_in_seconds ≤ 604800, default 900).
@@ -233,7 +233,8 @@ pub(super) async fn void_once(
             Some(Decline::HoldExpired(_)) => Decline::HoldNotActive("expired".to_owned()).stored(),
             Some(decline) => decline.stored(),
             None => {
-                let voided = release(conn, &wallet, &hold, EventType::HoldVoided, at, changes).await?;
+                let voided =
+                    release(conn, &wallet, &hold, EventType::HoldVoided, at, changes).await?;
                 json_response(200, &voided)?
             }
         },

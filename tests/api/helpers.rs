@@ -208,6 +208,73 @@ impl TestApp {
         }
     }
 
+    /// A connection to this app's first Redis node (its stream and cache live there).
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.settings.redis.urls[0].as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Every entry of this app's event stream, in stream order: (entry id, event).
+    pub async fn stream_events(&self) -> Vec<(String, Value)> {
+        let mut redis = self.redis().await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&self.settings.events.stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                assert_eq!(fields.len(), 1, "one field per entry");
+                assert_eq!(fields[0].0, "event");
+                (id, serde_json::from_str(&fields[0].1).unwrap())
+            })
+            .collect()
+    }
+
+    /// The stream once it holds at least `count` entries (within 20 s).
+    pub async fn wait_for_events(&self, count: usize) -> Vec<(String, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.stream_events().await;
+            if events.len() >= count {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} events published after 20 s",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A counter or gauge from `/metrics` (the sum over its series matching `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|line| {
+                line.starts_with(name)
+                    && line[name.len()..].starts_with(['{', ' '])
+                    && line.contains(labels)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 mod audit;
+mod balance_cache;
 mod cli;
 mod concurrency;
 mod errors;
@@ -14,6 +15,7 @@ mod holds;
 mod idempotency;
 mod ledger_db;
 mod ops;
+mod outbox;
 mod redlock;
 mod reversals;
 mod row_lock;
