@@ -1,130 +1,390 @@
-//! Load generator for `scripts/bench.sh`: C concurrent clients, each on its own wallet, each
-//! sending N debits back to back (distinct idempotency keys). Prints one line per round and
-//! the median. Targets a walletd the script started on loopback; bounded by N and rounds.
+//! Load generator for `scripts/bench.sh`. One bounded measurement per call against a walletd the
+//! script started on loopback; prints one line of `key=value` pairs (the script makes the table).
 //!
-//! Usage: bench_debits <base_url> <api_key> [clients=16] [debits_per_client=200] [rounds=3]
+//! ```text
+//! bench_debits debits <base_url> <api_key> <clients> <debits_per_client> <wallets>
+//!     `clients` tasks, client i on wallet i % wallets (wallets = clients: one wallet per client;
+//!     1: a hot wallet), each sending its debits back to back, a new Idempotency-Key each.
+//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms=
+//! bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>
+//!     `readers` tasks doing GET /v1/wallets/{id} round robin over `wallets` wallets while
+//!     `writers` tasks debit the same wallets until the readers are done. GET /metrics is
+//!     scraped before and after: the balance cache hit ratio from
+//!     walletd_balance_cache_reads_total{result=...} and the publish lag p50/p99 from the
+//!     walletd_outbox_publish_lag_seconds buckets, both over the difference ("n/a" if absent).
+//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms= writes= write_non2xx= wps=
+//!        cache_hit= cache_reads= lag_events= lag_p50_ms= lag_p99_ms=
+//! ```
+//!
+//! Wallets are created and credited first (not timed). Throughput counts 2xx answers; latency
+//! percentiles are over every answered request; `non2xx` is `status:count,...` (`conn` for a
+//! request that got no HTTP answer), `-` when there were none.
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-struct Round {
-    debits: usize,
-    elapsed: Duration,
+/// What one task saw: latencies of answered requests, count of 2xx, other statuses by name.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
     latencies: Vec<Duration>,
+    other: BTreeMap<String, usize>,
 }
 
-async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> (u16, Value) {
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
-        .json(&body)
-        .send()
-        .await
-        .expect("request failed");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn round(
-    client: &reqwest::Client,
-    base: &str,
-    key: &str,
-    clients: usize,
-    per_client: usize,
-) -> Round {
-    // Setup (not timed): one funded wallet per client.
-    let wallets = join_all((0..clients).map(|_| async {
-        let (status, wallet) = post(
-            client,
-            format!("{base}/v1/wallets"),
-            key,
-            json!({"currency": "EUR"}),
-        )
-        .await;
-        assert_eq!(status, 201, "{wallet}");
-        let id = wallet["id"].as_str().unwrap().to_owned();
-        let (status, _) = post(
-            client,
-            format!("{base}/v1/wallets/{id}/credit"),
-            key,
-            json!({"amount": "1000000.00", "currency": "EUR"}),
-        )
-        .await;
-        assert_eq!(status, 201);
-        id
-    }))
-    .await;
-
-    let started = Instant::now();
-    let per_client_latencies = join_all(wallets.iter().map(|wallet| async move {
-        let mut latencies = Vec::with_capacity(per_client);
-        for _ in 0..per_client {
-            let sent = Instant::now();
-            let (status, body) = post(
-                client,
-                format!("{base}/v1/wallets/{wallet}/debit"),
-                key,
-                json!({"amount": "1.00", "currency": "EUR"}),
-            )
-            .await;
-            assert_eq!(status, 201, "{body}");
-            latencies.push(sent.elapsed());
+impl Tally {
+    fn record(&mut self, sent: Instant, status: Result<u16, ()>) {
+        match status {
+            Ok(status) => {
+                self.latencies.push(sent.elapsed());
+                if (200..300).contains(&status) {
+                    self.ok += 1;
+                } else {
+                    *self.other.entry(status.to_string()).or_default() += 1;
+                }
+            }
+            Err(()) => *self.other.entry("conn".into()).or_default() += 1,
         }
-        latencies
-    }))
-    .await;
-    let elapsed = started.elapsed();
-    let mut latencies: Vec<Duration> = per_client_latencies.into_iter().flatten().collect();
-    latencies.sort();
-    Round {
-        debits: latencies.len(),
-        elapsed,
-        latencies,
+    }
+
+    fn merge(mut self, other: Self) -> Self {
+        self.ok += other.ok;
+        self.latencies.extend(other.latencies);
+        for (k, v) in other.other {
+            *self.other.entry(k).or_default() += v;
+        }
+        self
+    }
+
+    fn non2xx(&self) -> String {
+        if self.other.is_empty() {
+            return "-".into();
+        }
+        let parts: Vec<String> = self.other.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+        parts.join(",")
+    }
+
+    fn summary(mut self, elapsed: Duration) -> String {
+        self.latencies.sort();
+        let ms = |p: f64| {
+            if self.latencies.is_empty() {
+                return "n/a".to_owned();
+            }
+            let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+            format!("{:.2}", self.latencies[i].as_secs_f64() * 1e3)
+        };
+        format!(
+            "ok={} non2xx={} elapsed_s={:.3} rps={:.1} p50_ms={} p99_ms={}",
+            self.ok,
+            self.non2xx(),
+            elapsed.as_secs_f64(),
+            self.ok as f64 / elapsed.as_secs_f64(),
+            ms(0.50),
+            ms(0.99),
+        )
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: Arc<str>,
+    key: Arc<str>,
+}
+
+impl Api {
+    /// A POST with a fresh Idempotency-Key: its status (Err if no answer) and, if asked, its body.
+    async fn post(&self, path: &str, body: &Value, want_body: bool) -> (Result<u16, ()>, Value) {
+        let sent = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&*self.key)
+            .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+            .json(body)
+            .send()
+            .await;
+        match sent {
+            Err(_) => (Err(()), Value::Null),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.unwrap_or_default();
+                let body = if want_body {
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+                } else {
+                    Value::Null
+                };
+                (Ok(status), body)
+            }
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<u16, ()> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&*self.key)
+            .send()
+            .await
+            .map_err(|_| ())?;
+        let status = response.status().as_u16();
+        response.bytes().await.map_err(|_| ())?;
+        Ok(status)
+    }
+
+    async fn debit(&self, wallet: &str) -> Result<u16, ()> {
+        let body = json!({"amount": "1.00", "currency": "EUR"});
+        self.post(&format!("/v1/wallets/{wallet}/debit"), &body, false)
+            .await
+            .0
+    }
+
+    /// `n` wallets, each credited 1,000,000.00 EUR (enough for a million 1.00 debits).
+    async fn funded_wallets(&self, n: usize) -> Vec<Arc<str>> {
+        let mut wallets = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (status, wallet) = self
+                .post("/v1/wallets", &json!({"currency": "EUR"}), true)
+                .await;
+            assert_eq!(status, Ok(201), "create wallet: {wallet}");
+            let id = wallet["id"].as_str().expect("wallet id").to_owned();
+            let credit = json!({"amount": "1000000.00", "currency": "EUR"});
+            let (status, body) = self
+                .post(&format!("/v1/wallets/{id}/credit"), &credit, true)
+                .await;
+            assert_eq!(status, Ok(201), "credit wallet: {body}");
+            wallets.push(Arc::from(id));
+        }
+        wallets
+    }
+
+    /// GET /metrics as `series{labels}` -> value (comments and unparsable lines skipped).
+    async fn metrics(&self) -> HashMap<String, f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        parse_metrics(&text)
+    }
+}
+
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.trim().rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// after - before of one series; None if the series is absent from `after`.
+fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> Option<f64> {
+    let now = after.get(series)?;
+    Some(now - before.get(series).copied().unwrap_or(0.0))
+}
+
+/// The balance cache hit ratio over the window: hit / (hit + miss + bypass + error).
+fn cache_hit_ratio(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> (String, String) {
+    let results = ["hit", "miss", "bypass", "error"];
+    let counts: Vec<Option<f64>> = results
+        .iter()
+        .map(|r| {
+            let series = format!("walletd_balance_cache_reads_total{{result=\"{r}\"}}");
+            delta(before, after, &series)
+        })
+        .collect();
+    if counts.iter().all(Option::is_none) {
+        return ("n/a".into(), "n/a".into());
+    }
+    let counts: Vec<f64> = counts.into_iter().map(|c| c.unwrap_or(0.0)).collect();
+    let total: f64 = counts.iter().sum();
+    let breakdown = results
+        .iter()
+        .zip(&counts)
+        .map(|(r, c)| format!("{r}:{c:.0}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ratio = if total > 0.0 {
+        format!("{:.3}", counts[0] / total)
+    } else {
+        "n/a".into()
+    };
+    (ratio, breakdown)
+}
+
+/// Quantiles of walletd_outbox_publish_lag_seconds over the window, from the differences of its
+/// cumulative buckets, interpolated linearly inside a bucket (as Prometheus' histogram_quantile
+/// does). Returns (events, p50, p99) in ms; a quantile in the +Inf bucket is `>` the last bound.
+fn publish_lag(
+    before: &HashMap<String, f64>,
+    after: &HashMap<String, f64>,
+) -> (String, String, String) {
+    let prefix = "walletd_outbox_publish_lag_seconds_bucket{le=\"";
+    let mut buckets: Vec<(f64, f64)> = after
+        .keys()
+        .filter_map(|series| {
+            let le = series.strip_prefix(prefix)?.strip_suffix("\"}")?;
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((bound, delta(before, after, series)?))
+        })
+        .collect();
+    if buckets.is_empty() {
+        return ("n/a".into(), "n/a".into(), "n/a".into());
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return ("0".into(), "n/a".into(), "n/a".into());
+    }
+    let quantile = |q: f64| {
+        let rank = q * total;
+        let (mut lower, mut below) = (0.0, 0.0);
+        for &(bound, cumulative) in &buckets {
+            if cumulative >= rank {
+                if bound.is_infinite() {
+                    return format!(">{:.1}", lower * 1e3);
+                }
+                let inside = cumulative - below;
+                let fraction = if inside > 0.0 {
+                    (rank - below) / inside
+                } else {
+                    1.0
+                };
+                return format!("{:.2}", (lower + (bound - lower) * fraction) * 1e3);
+            }
+            (lower, below) = (bound, cumulative);
+        }
+        "n/a".into()
+    };
+    (format!("{total:.0}"), quantile(0.50), quantile(0.99))
+}
+
+async fn debits(api: Api, clients: usize, per_client: usize, wallet_count: usize) {
+    let wallets = api.funded_wallets(wallet_count).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|i| {
+            let (api, wallet) = (api.clone(), wallets[i % wallets.len()].clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for _ in 0..per_client {
+                    let sent = Instant::now();
+                    tally.record(sent, api.debit(&wallet).await);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        total = total.merge(task.await.unwrap());
+    }
+    println!("{}", total.summary(started.elapsed()));
+}
+
+async fn reads(api: Api, readers: usize, per_reader: usize, wallet_count: usize, writers: usize) {
+    let wallets = Arc::new(api.funded_wallets(wallet_count).await);
+    // Let the setup's events be published before the first scrape.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = api.metrics().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let writer_tasks: Vec<_> = (0..writers)
+        .map(|i| {
+            let (api, wallets, stop) = (api.clone(), wallets.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                let mut n = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    tally.record(sent, api.debit(&wallets[n % wallets.len()]).await);
+                    n += writers;
+                }
+                tally
+            })
+        })
+        .collect();
+    let reader_tasks: Vec<_> = (0..readers)
+        .map(|i| {
+            let (api, wallets) = (api.clone(), wallets.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                for n in 0..per_reader {
+                    let wallet = &wallets[(i + n) % wallets.len()];
+                    let sent = Instant::now();
+                    tally.record(sent, api.get(&format!("/v1/wallets/{wallet}")).await);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut read = Tally::default();
+    for task in reader_tasks {
+        read = read.merge(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut write = Tally::default();
+    for task in writer_tasks {
+        write = write.merge(task.await.unwrap());
+    }
+    let write_elapsed = started.elapsed();
+    // Let the relay publish the last writes' events before the second scrape.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = api.metrics().await;
+    let (hit, breakdown) = cache_hit_ratio(&before, &after);
+    let (events, p50, p99) = publish_lag(&before, &after);
+    println!(
+        "{} writes={} write_non2xx={} wps={:.1} cache_hit={hit} cache_reads={breakdown} lag_events={events} lag_p50_ms={p50} lag_p99_ms={p99}",
+        read.summary(elapsed),
+        write.ok,
+        write.non2xx(),
+        write.ok as f64 / write_elapsed.as_secs_f64(),
+    );
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let base = args
-        .get(1)
-        .expect("base url")
-        .trim_end_matches('/')
-        .to_owned();
-    let key = args.get(2).expect("api key").clone();
-    let clients: usize = args.get(3).map_or(16, |a| a.parse().unwrap());
-    let per_client: usize = args.get(4).map_or(200, |a| a.parse().unwrap());
-    let rounds: usize = args.get(5).map_or(3, |a| a.parse().unwrap());
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
-
-    let mut rates = Vec::new();
-    for n in 1..=rounds {
-        let r = round(&client, &base, &key, clients, per_client).await;
-        let rate = r.debits as f64 / r.elapsed.as_secs_f64();
-        println!(
-            "round {n}: {} debits by {clients} clients in {:.2} s = {rate:.0} debits/s; latency p50 {:.2} ms, p99 {:.2} ms",
-            r.debits,
-            r.elapsed.as_secs_f64(),
-            percentile(&r.latencies, 0.50).as_secs_f64() * 1e3,
-            percentile(&r.latencies, 0.99).as_secs_f64() * 1e3,
-        );
-        rates.push(rate);
+    let usage = "usage: bench_debits debits <base_url> <api_key> <clients> <debits_per_client> <wallets>\n       bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>";
+    let number = |i: usize| -> usize {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{usage}"))
+    };
+    let (mode, base, key) = match (args.get(1), args.get(2), args.get(3)) {
+        (Some(mode), Some(base), Some(key)) => (mode.as_str(), base.trim_end_matches('/'), key),
+        _ => panic!("{usage}"),
+    };
+    let connections = number(4) + if mode == "reads" { number(7) } else { 0 };
+    let api = Api {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(connections)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        base: Arc::from(base),
+        key: Arc::from(key.as_str()),
+    };
+    match mode {
+        "debits" => debits(api, number(4), number(5), number(6).max(1)).await,
+        "reads" => reads(api, number(4), number(5), number(6).max(1), number(7)).await,
+        _ => panic!("{usage}"),
     }
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "median: {:.0} debits/s over {rounds} rounds ({clients} clients, distinct wallets)",
-        rates[rates.len() / 2]
-    );
 }
