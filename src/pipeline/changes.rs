@@ -25,6 +25,9 @@ use crate::representation::{Hold, Transaction, Wallet};
 pub struct Changes {
     events: Vec<NewEvent>,
     wallet: Option<WalletRow>,
+    /// `wallet` as GET renders it (rendered once for the last event's snapshot, reused by
+    /// the cache after the commit).
+    shown: Option<Wallet>,
 }
 
 /// `data.wallet` of every event: the wallet right after the change.
@@ -106,9 +109,9 @@ impl Changes {
         );
         let shown = Wallet::from_row(wallet).map_err(render_error)?;
         let snapshot = Snapshot {
-            balance: shown.balance,
-            held: shown.held,
-            available: shown.available,
+            balance: shown.balance.clone(),
+            held: shown.held.clone(),
+            available: shown.available.clone(),
             version: shown.version,
         };
         let Value::Object(members) = &mut data else {
@@ -129,6 +132,7 @@ impl Changes {
         .map_err(TxError::Render)?;
         self.events.push(event);
         self.wallet = Some(wallet.clone());
+        self.shown = Some(shown);
         Ok(())
     }
 
@@ -175,11 +179,11 @@ impl CommitEffects {
 
     /// Once the transaction committed.
     pub async fn after_commit(&self, changes: &Changes, mark: Mark) {
-        let Some(wallet) = changes.wallet() else {
+        let (Some(wallet), Some(shown)) = (changes.wallet(), changes.shown.as_ref()) else {
             return;
         };
         self.relay_wake.notify_one();
-        let body = match Wallet::from_row(wallet).and_then(|w| Ok(serde_json::to_vec(&w)?)) {
+        let body = match serde_json::to_vec(shown) {
             Ok(body) => body,
             Err(error) => {
                 tracing::error!(%error, "committed wallet could not be rendered for the cache");

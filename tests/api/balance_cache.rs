@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::RunQueryDsl;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use walletd::balance_cache::{BalanceCache, Lookup};
@@ -128,17 +128,7 @@ async fn a_writer_marks_its_entry_pending_before_it_commits() {
         entry(&app, &wallet).await,
         (Some("2".into()), Some("r".into()))
     );
-    app.db()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
-             CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON ledger_entries
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-                 WHEN (NEW.reference = 'slow-commit') EXECUTE FUNCTION slow_commit();",
-        )
-        .await
-        .unwrap();
+    app.slow_commits(1.0, Some("slow-commit")).await;
     let cache = cache_of(&app);
     let (tenant, id) = ids(&app, &wallet);
 

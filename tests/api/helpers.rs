@@ -208,6 +208,25 @@ impl TestApp {
         }
     }
 
+    /// From now on, every COMMIT that wrote a ledger entry (with `reference`, if given) takes
+    /// `seconds` longer: a deferred trigger of this app's database sleeps at commit time.
+    pub async fn slow_commits(&self, seconds: f64, reference: Option<&str>) {
+        let when = reference
+            .map(|r| format!("WHEN (NEW.reference = '{r}')"))
+            .unwrap_or_default();
+        self.db()
+            .await
+            .batch_execute(&format!(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$;
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON ledger_entries
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW {when}
+                     EXECUTE FUNCTION slow_commit();"
+            ))
+            .await
+            .unwrap();
+    }
+
     /// A connection to this app's first Redis node (its stream and cache live there).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.settings.redis.urls[0].as_str())

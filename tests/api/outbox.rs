@@ -66,7 +66,7 @@ fn assert_gapless_in_order(events: &[Value]) {
 /// Declines and replays publish nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_publishes_one_self_contained_event_in_version_order() {
-    // STRENGTHENED: the writer does not relay; a relay starts only once the changes wait in
+    // The writer does not relay; a relay starts only once the changes wait in
     // the outbox, so it reads a backlog of one wallet's events in one batch.
     let app = TestApp::spawn_with(|s| {
         s.holds.sweep_interval_s = 1;
@@ -314,18 +314,9 @@ async fn a_consumer_can_always_read_the_committed_entry_an_event_names() {
         app.fund(&wallet, "1000.00").await;
         wallets.push(wallet);
     }
-    // STRENGTHENED: every commit from here on takes 50 ms (a deferred trigger), so an event
+    // Every commit from here on takes 50 ms (a deferred trigger), so an event
     // published before its COMMIT is visible to the consumer long before the commit lands.
-    app.db()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
-             CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON ledger_entries
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();",
-        )
-        .await
-        .unwrap();
+    app.slow_commits(0.05, None).await;
     let expected = WALLETS * (2 + DEBITS_PER_WALLET);
     let start_after = app.stream_events().await.last().map(|(id, _)| id.clone());
 

@@ -49,20 +49,11 @@ fn lock_key(app: &TestApp, wallet: &str) -> String {
 
 /// `walletd_lock_wait_seconds_count{outcome="…"}` from /metrics (0 when absent).
 async fn lock_outcomes(app: &TestApp, outcome: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let label = format!("outcome=\"{outcome}\"");
-    text.lines()
-        .find(|l| l.starts_with("walletd_lock_wait_seconds_count") && l.contains(&label))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
+    app.metric(
+        "walletd_lock_wait_seconds_count",
+        &format!("outcome=\"{outcome}\""),
+    )
+    .await as u64
 }
 
 /// Debits `amount` with a fresh key, retrying shed answers (409 in progress, 503
