@@ -5,7 +5,9 @@
 //! bench_debits debits <base_url> <api_key> <clients> <debits_per_client> <wallets>
 //!     `clients` tasks, client i on wallet i % wallets (wallets = clients: one wallet per client;
 //!     1: a hot wallet), each sending its debits back to back, a new Idempotency-Key each.
-//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms=
+//!     GET /metrics is scraped before and after (once the relay caught up): the outbox publish
+//!     lag p50/p99 over the difference, as for reads.
+//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms= lag_events= lag_p50_ms= lag_p99_ms=
 //! bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>
 //!     `readers` tasks doing GET /v1/wallets/{id} round robin over `wallets` wallets while
 //!     `writers` tasks debit the same wallets until the readers are done. GET /metrics is
@@ -275,8 +277,12 @@ fn publish_lag(
     (format!("{total:.0}"), quantile(0.50), quantile(0.99))
 }
 
+/// Time for the relay to publish the last writes' events before the second scrape.
+const RELAY_CATCH_UP: Duration = Duration::from_millis(1000);
+
 async fn debits(api: Api, clients: usize, per_client: usize, wallet_count: usize) {
     let wallets = api.funded_wallets(wallet_count).await;
+    let before = api.metrics().await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|i| {
@@ -295,7 +301,13 @@ async fn debits(api: Api, clients: usize, per_client: usize, wallet_count: usize
     for task in tasks {
         total = total.merge(task.await.unwrap());
     }
-    println!("{}", total.summary(started.elapsed()));
+    let elapsed = started.elapsed();
+    tokio::time::sleep(RELAY_CATCH_UP).await;
+    let (events, p50, p99) = publish_lag(&before, &api.metrics().await);
+    println!(
+        "{} lag_events={events} lag_p50_ms={p50} lag_p99_ms={p99}",
+        total.summary(elapsed)
+    );
 }
 
 async fn reads(api: Api, readers: usize, per_reader: usize, wallet_count: usize, writers: usize) {
@@ -345,8 +357,7 @@ async fn reads(api: Api, readers: usize, per_reader: usize, wallet_count: usize,
         write = write.merge(task.await.unwrap());
     }
     let write_elapsed = started.elapsed();
-    // Let the relay publish the last writes' events before the second scrape.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    tokio::time::sleep(RELAY_CATCH_UP).await;
     let after = api.metrics().await;
     let (hit, breakdown) = cache_hit_ratio(&before, &after);
     let (events, p50, p99) = publish_lag(&before, &after);

@@ -184,7 +184,7 @@ for scenario in $SCENARIOS; do
     distinct|hot)
       if [ "$scenario" = distinct ]; then per=$DEBITS wallets=$CLIENTS; else per=$HOT_DEBITS wallets=1; fi
       echo
-      printf '%-8s %5s %-8s %7s %-14s %9s %8s %8s %10s\n' "$scenario" round target ok non-2xx 'debits/s' p50 p99 x/pgbench
+      printf '%-8s %5s %-8s %7s %-14s %9s %8s %8s %10s %9s %9s\n' "$scenario" round target ok non-2xx 'debits/s' p50 p99 x/pgbench lag-p50 lag-p99
       for round in $(seq 1 "$ROUNDS"); do
         for t in pgbench "${targets[@]}"; do
           if [ "$t" = pgbench ]; then line=$(run_pgbench "$scenario" "$per")
@@ -193,9 +193,11 @@ for scenario in $SCENARIOS; do
           [ "$t" = pgbench ] && round_pg=$r
           rps[$scenario,$t]+=" $r"; p50[$scenario,$t]+=" $(field "$line" p50_ms)"
           p99[$scenario,$t]+=" $(field "$line" p99_ms)"
-          printf '%-8s %5s %-8s %7s %-14s %9.1f %8s %8s %10s\n' "" "$round" "$t" "$(field "$line" ok)" \
+          lag50=$(field "$line" lag_p50_ms) lag99=$(field "$line" lag_p99_ms)
+          l50[$scenario,$t]+=" $lag50"; l99[$scenario,$t]+=" $lag99"
+          printf '%-8s %5s %-8s %7s %-14s %9.1f %8s %8s %10s %9s %9s\n' "" "$round" "$t" "$(field "$line" ok)" \
             "$(field "$line" non2xx)" "$r" "$(field "$line" p50_ms)" "$(field "$line" p99_ms)" \
-            "$( [ "$t" = pgbench ] && echo - || ratio "$r" "$round_pg")"
+            "$( [ "$t" = pgbench ] && echo - || ratio "$r" "$round_pg")" "${lag50:--}" "${lag99:--}"
         done
       done
       ;;
@@ -209,8 +211,8 @@ for scenario in $SCENARIOS; do
           r=$(field "$line" rps)
           rps[reads,$t]+=" $r"; p50[reads,$t]+=" $(field "$line" p50_ms)"
           p99[reads,$t]+=" $(field "$line" p99_ms)"
-          hit[$t]+=" $(field "$line" cache_hit)"; l50[$t]+=" $(field "$line" lag_p50_ms)"
-          l99[$t]+=" $(field "$line" lag_p99_ms)"
+          hit[$t]+=" $(field "$line" cache_hit)"; l50[reads,$t]+=" $(field "$line" lag_p50_ms)"
+          l99[reads,$t]+=" $(field "$line" lag_p99_ms)"
           printf '%-8s %5s %-8s %8.1f %8s %8s %-12s %8s %-11s %9s %9s\n' "" "$round" "$t" "$r" \
             "$(field "$line" p50_ms)" "$(field "$line" p99_ms)" "$(field "$line" non2xx)" \
             "$(field "$line" wps)" "$(field "$line" cache_hit)" "$(field "$line" lag_p50_ms)" \
@@ -237,9 +239,14 @@ for scenario in $SCENARIOS; do
       "$(median <<<"${p99[$scenario,$t]}")" "$vs_pg" "$vs_base"
   done
 done
+for scenario in $SCENARIOS; do
+  for t in "${targets[@]}"; do
+    echo "$(printf '%-8s' "$scenario") $t: publish lag p50/p99 ms $(median <<<"${l50[$scenario,$t]:-}") / $(median <<<"${l99[$scenario,$t]:-}") (medians of the rounds)"
+  done
+done
 if [ -f "$work/reads.notes" ]; then
   for t in "${targets[@]}"; do
-    echo "reads    $t: cache-hit $(median %.3f <<<"${hit[$t]}"), publish lag p50/p99 ms $(median <<<"${l50[$t]}") / $(median <<<"${l99[$t]}") (medians)"
+    echo "reads    $t: cache-hit $(median %.3f <<<"${hit[$t]}")"
   done
   echo "reads detail (per round, in order):"; cat "$work/reads.notes"
 fi

@@ -1,8 +1,9 @@
-//! The `walletd` command line: serve, migrate, tenant and key management, audit.
+//! The `walletd` command line: serve, migrate, tenant and key management, audit, events.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -14,10 +15,14 @@ use crate::config::Settings;
 use crate::db;
 use crate::domain::{KeyId, Scope, TenantId, WalletId};
 use crate::ledger_audit;
+use crate::outbox::tail::{self, TailOptions};
 use crate::pipeline;
 use crate::redis_nodes::RedisNodes;
 use crate::startup::Application;
 use crate::telemetry;
+
+/// How many recent `event_id`s `events tail` remembers to drop duplicates (about 10 MB).
+const DEDUPE_WINDOW: usize = 100_000;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +72,36 @@ enum Command {
         /// Only this wallet.
         #[arg(long)]
         wallet: Option<String>,
+    },
+    /// The event stream (`events.stream`).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print events as JSON lines: the example consumer (dedupe by event_id; with --group,
+    /// ack after printing and take over stale pending entries). See README, Consuming events.
+    Tail {
+        /// Start after this stream id (`0`: the whole stream). Default: only new events. With
+        /// --group, where a new group starts; an existing group resumes where it was.
+        #[arg(long)]
+        from: Option<String>,
+        /// Read as this consumer group (XREADGROUP + XACK); without it, nothing is acked.
+        #[arg(long)]
+        group: Option<String>,
+        /// This consumer's name in the group; keep it stable to resume its own pending
+        /// entries at once after a restart. Default: tail-<pid>.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Exit after printing this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Take over another consumer's entries once pending this long (milliseconds).
+        #[arg(long, default_value_t = 30_000)]
+        claim_idle_ms: u64,
     },
 }
 
@@ -153,6 +188,27 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 summary.wallets
             );
             Ok(())
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    from,
+                    group,
+                    consumer,
+                    count,
+                    claim_idle_ms,
+                },
+        } => {
+            let options = TailOptions {
+                from,
+                group,
+                consumer: consumer.unwrap_or_else(|| format!("tail-{}", std::process::id())),
+                count,
+                claim_idle: Duration::from_millis(claim_idle_ms),
+                dedupe_window: DEDUPE_WINDOW,
+            };
+            let nodes = RedisNodes::connect(&settings.redis)?;
+            tail::run(nodes.primary(), &settings.events.stream, options).await
         }
         Command::Key {
             command: KeyCommand::Revoke { key_id },

@@ -71,6 +71,11 @@ impl RedisNode {
         &self.label
     }
 
+    /// The bound on one command (`redis.command_timeout_ms`).
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// Runs one command (or script invocation) with the node's timeout.
     pub async fn call<T: redis::FromRedisValue>(
         &self,

@@ -238,9 +238,11 @@ impl ToSchema for PlaceHoldBody {
 }
 
 /// An amount whose currency is the hold's or the entry's (at most 4 fraction digits here; more
-/// than that currency has is 400).
+/// than that currency has is 400). Optional, so `null` is the same as absent, as for every
+/// optional member.
 fn pending_amount(description: &str) -> ObjectBuilder {
-    string()
+    ObjectBuilder::new()
+        .schema_type(nullable(Type::String))
         .pattern(Some(positive_amount_pattern(4)))
         .description(Some(description.to_owned()))
 }

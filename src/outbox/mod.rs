@@ -8,6 +8,7 @@
 
 pub mod relay;
 mod store;
+pub mod tail;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;

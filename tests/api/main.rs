@@ -6,6 +6,7 @@ mod balance_cache;
 mod cli;
 mod concurrency;
 mod errors;
+mod events_tail;
 mod export;
 mod fairness;
 mod faults;

@@ -116,7 +116,8 @@ async fn a_full_reversal_of_a_debit_credits_it_back() {
 
 /// Guard: the default amount (`remaining = original - reversed so far`) and the
 /// `remaining <= 0 || amount > remaining` check — a partial reversal, then the rest by
-/// default, then nothing is left (422 `reversal_exceeds_original`, stored).
+/// default (`{}` or `"amount": null`), then nothing is left (422 `reversal_exceeds_original`,
+/// stored).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_reversal_then_the_rest_by_default_then_nothing_is_left() {
     let app = TestApp::spawn().await;
@@ -141,7 +142,12 @@ async fn a_partial_reversal_then_the_rest_by_default_then_nothing_is_left() {
     assert_eq!(rest["balance_after"], "100.00");
     let before = app.wallet(&wallet).await;
 
-    for body in [json!({}), json!({"amount": "0.01"})] {
+    // `null` is the same as absent (the schema says so): the default, so nothing is left.
+    for body in [
+        json!({}),
+        json!({"amount": null}),
+        json!({"amount": "0.01"}),
+    ] {
         assert_replays(
             &app,
             &wallet,
