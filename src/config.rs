@@ -71,7 +71,6 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     pub urls: Vec<String>,
-    pub pool_max_size: usize,
     pub command_timeout_ms: u64,
 }
 

@@ -14,6 +14,7 @@ pub struct Metrics {
     entries: IntCounterVec,
     replays: IntCounterVec,
     lock_wait: HistogramVec,
+    layers: HistogramVec,
     pool: IntGaugeVec,
     unknown_keys: IntCounterVec,
     unknown_key_entries: IntGauge,
@@ -77,6 +78,19 @@ impl Metrics {
                 ]),
             &["outcome"],
         )?;
+        let layers = HistogramVec::new(
+            HistogramOpts::new(
+                "pipeline_layer_seconds",
+                "Time a mutating request spends in each layer of the pipeline, in order: \
+                 replay_cache (Redis), claim (resolve, queue place, key claim in Postgres), \
+                 lock (Redlock wait), transaction (row-locked, to COMMIT), after_commit \
+                 (lock release, cache store, replay-cache store, overlapped)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["layer"],
+        )?;
         let pool = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Postgres pool connections by state"),
             &["state"],
@@ -86,6 +100,7 @@ impl Metrics {
         registry.register(Box::new(entries.clone()))?;
         registry.register(Box::new(replays.clone()))?;
         registry.register(Box::new(lock_wait.clone()))?;
+        registry.register(Box::new(layers.clone()))?;
         let unknown_keys = IntCounterVec::new(
             Opts::new(
                 "auth_unknown_key_cache_total",
@@ -161,6 +176,7 @@ impl Metrics {
             entries,
             replays,
             lock_wait,
+            layers,
             pool,
             unknown_keys,
             unknown_key_entries,
@@ -200,6 +216,13 @@ impl Metrics {
         self.lock_wait
             .with_label_values(&[outcome])
             .observe(waited.as_secs_f64());
+    }
+
+    /// One layer of one request's pipeline (`pipeline::LayerClock`).
+    pub fn record_layer(&self, layer: &'static str, took: Duration) {
+        self.layers
+            .with_label_values(&[layer])
+            .observe(took.as_secs_f64());
     }
 
     /// `event`: `hit`, `insert` or `clear`.

@@ -1,4 +1,5 @@
-//! The configured Redis nodes, each with its own small pool and a hard per-command timeout.
+//! The configured Redis nodes, each with one multiplexed connection and a hard per-command
+//! timeout.
 //!
 //! Redis is never the source of truth here: it carries the Redlock keys and the rate-limit
 //! counters. Every command is bounded by `redis.command_timeout_ms`, so a dead or frozen node
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Mutex;
 
 use crate::config::{RedisSettings, ms};
 
@@ -19,7 +22,7 @@ pub enum RedisCallError {
     Connect {
         node: String,
         #[source]
-        source: deadpool_redis::PoolError,
+        source: redis::RedisError,
     },
     #[error("{node} answered with an error: {source}")]
     Command {
@@ -34,8 +37,12 @@ pub enum RedisCallError {
 pub struct RedisNode {
     /// `host:port`, never the password: this label goes to logs and `/readyz`.
     label: String,
-    pool: Pool,
+    client: redis::Client,
     command_timeout: Duration,
+    /// The node's one multiplexed connection, made on first use and replaced after it failed.
+    /// Concurrent commands are pipelined on it, so a command costs one round trip: no
+    /// checkout, no health check per call (a pool's recycle PING was one more round trip).
+    connection: Mutex<Option<MultiplexedConnection>>,
 }
 
 impl RedisNode {
@@ -46,24 +53,13 @@ impl RedisNode {
             parsed.host_str().unwrap_or("?"),
             parsed.port().unwrap_or(6379)
         );
-        let command_timeout = ms(settings.command_timeout_ms);
-        let mut config = deadpool_redis::Config::from_url(url);
-        config.pool = Some(PoolConfig {
-            max_size: settings.pool_max_size,
-            timeouts: Timeouts {
-                wait: Some(command_timeout),
-                create: Some(command_timeout),
-                recycle: Some(command_timeout),
-            },
-            ..PoolConfig::default()
-        });
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
-            .with_context(|| format!("building the Redis pool for {label}"))?;
+        let client = redis::Client::open(url)
+            .with_context(|| format!("the Redis URL for {label} is not usable"))?;
         Ok(Self {
             label,
-            pool,
-            command_timeout,
+            client,
+            command_timeout: ms(settings.command_timeout_ms),
+            connection: Mutex::new(None),
         })
     }
 
@@ -79,41 +75,69 @@ impl RedisNode {
     /// Runs one command (or script invocation) with the node's timeout.
     pub async fn call<T: redis::FromRedisValue>(
         &self,
-        build: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        build: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisCallError> {
         self.call_within(self.command_timeout, build).await
     }
 
-    /// Runs one command with its own timeout (a bulk publish, longer than one command).
+    /// Runs one command with its own timeout (a bulk publish, a blocking read). A command that
+    /// timed out or broke the connection drops it: the next call connects afresh.
     pub async fn call_within<T: redis::FromRedisValue>(
         &self,
         timeout: Duration,
-        build: impl AsyncFnOnce(&mut deadpool_redis::Connection) -> redis::RedisResult<T>,
+        build: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisCallError> {
         let attempt = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|source| RedisCallError::Connect {
+            let mut conn = self.connection().await?;
+            build(&mut conn).await.map_err(|source| {
+                if source.is_unrecoverable_error() || source.is_io_error() {
+                    self.forget_connection();
+                }
+                RedisCallError::Command {
                     node: self.label.clone(),
                     source,
-                })?;
-            build(&mut conn)
-                .await
-                .map_err(|source| RedisCallError::Command {
-                    node: self.label.clone(),
-                    source,
-                })
+                }
+            })
         };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .unwrap_or_else(|_| {
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.forget_connection();
                 Err(RedisCallError::Timeout {
                     node: self.label.clone(),
                     timeout_ms: timeout.as_millis(),
                 })
-            })
+            }
+        }
+    }
+
+    /// The shared connection, connecting if there is none (bounded by the caller's timeout).
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisCallError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        // Our own timeouts bound every command; the crate's would cut a blocking read short.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.command_timeout))
+            .set_response_timeout(None);
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|source| RedisCallError::Connect {
+                node: self.label.clone(),
+                source,
+            })?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops the shared connection (if nobody is connecting right now; then that one is new).
+    fn forget_connection(&self) {
+        if let Ok(mut slot) = self.connection.try_lock() {
+            *slot = None;
+        }
     }
 
     pub async fn ping(&self) -> bool {

@@ -116,28 +116,50 @@ impl NewEvent {
     }
 }
 
-/// Writes a transaction's events, all in one statement (nothing when there are none).
-pub async fn insert(conn: &mut PgConn, events: &[NewEvent]) -> QueryResult<()> {
-    if events.is_empty() {
-        return Ok(());
+/// One `outbox_events` row as a transaction writes it (unpublished).
+#[derive(Insertable)]
+#[diesel(table_name = outbox_events)]
+struct EventRow<'a> {
+    wallet_id: Uuid,
+    wallet_version: i64,
+    event_id: Uuid,
+    tenant_id: Uuid,
+    event_type: &'static str,
+    payload: &'a str,
+    occurred_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a NewEvent> for EventRow<'a> {
+    fn from(event: &'a NewEvent) -> Self {
+        Self {
+            wallet_id: event.wallet_id,
+            wallet_version: event.wallet_version,
+            event_id: event.event_id,
+            tenant_id: event.tenant_id,
+            event_type: event.event_type.as_str(),
+            payload: &event.payload,
+            occurred_at: event.occurred_at,
+        }
     }
-    let rows: Vec<_> = events
-        .iter()
-        .map(|event| {
-            (
-                outbox_events::wallet_id.eq(event.wallet_id),
-                outbox_events::wallet_version.eq(event.wallet_version),
-                outbox_events::event_id.eq(event.event_id),
-                outbox_events::tenant_id.eq(event.tenant_id),
-                outbox_events::event_type.eq(event.event_type.as_str()),
-                outbox_events::payload.eq(&event.payload),
-                outbox_events::occurred_at.eq(event.occurred_at),
-            )
-        })
-        .collect();
-    diesel::insert_into(outbox_events::table)
-        .values(rows)
-        .execute(conn)
-        .await?;
+}
+
+/// Writes a transaction's events, all in one statement (nothing when there are none). One
+/// event, the usual case, is a statement of fixed shape, prepared once per connection; a
+/// multi-row INSERT has a shape per row count and is prepared each time.
+pub async fn insert(mut conn: &PgConn, events: &[NewEvent]) -> QueryResult<()> {
+    let insert = diesel::insert_into(outbox_events::table);
+    match events {
+        [] => return Ok(()),
+        [event] => {
+            insert
+                .values(EventRow::from(event))
+                .execute(&mut conn)
+                .await?
+        }
+        events => {
+            let rows: Vec<EventRow<'_>> = events.iter().map(EventRow::from).collect();
+            insert.values(rows).execute(&mut conn).await?
+        }
+    };
     Ok(())
 }

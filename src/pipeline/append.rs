@@ -95,7 +95,11 @@ pub async fn append_entry(
     };
     let sealed = Transaction::sealed(&row, &wallet.last_hash).map_err(TxError::Render)?;
 
-    let moved: WalletRow = diesel::update(wallets::table.find(wallet.id))
+    // The wallet update and the entry insert are pipelined: one round trip, run in the order
+    // sent (`biased`), which the chain trigger needs (it checks the entry against the updated
+    // wallet row).
+    let (mut wallet_conn, mut entry_conn): (&PgConn, &PgConn) = (conn, conn);
+    let move_wallet = diesel::update(wallets::table.find(wallet.id))
         .set((
             wallets::balance.eq(balance_after),
             wallets::held.eq(entry.held_after),
@@ -105,9 +109,8 @@ pub async fn append_entry(
             wallets::updated_at.eq(at),
         ))
         .returning(WalletRow::as_returning())
-        .get_result(conn)
-        .await?;
-    let stored: LedgerEntryRow = diesel::insert_into(ledger_entries::table)
+        .get_result::<WalletRow>(&mut wallet_conn);
+    let insert_entry = diesel::insert_into(ledger_entries::table)
         .values(NewLedgerEntry {
             wallet_id: row.wallet_id,
             seq: row.seq,
@@ -130,8 +133,8 @@ pub async fn append_entry(
             hash: &sealed.hash,
         })
         .returning(LedgerEntryRow::as_returning())
-        .get_result(conn)
-        .await?;
+        .get_result::<LedgerEntryRow>(&mut entry_conn);
+    let (moved, stored) = tokio::try_join!(biased; move_wallet, insert_entry)?;
     let shown = Transaction::from_row(&stored).map_err(TxError::Render)?;
     // Equal renderings include equal hashes, and `sealed.hash` is the hash of that very
     // rendering: no second hash computation is needed.

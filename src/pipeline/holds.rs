@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
+use super::locked::lock_wallet_and_claim;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -64,8 +64,7 @@ pub(super) async fn place_once(
     command: &PlaceHoldCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
-    claim.reassert(conn).await??;
+    let wallet = lock_wallet_and_claim(conn, claim, command.wallet).await?;
     let response = match wallet {
         None => Decline::WalletNotFound.stored(),
         Some(wallet) => {
@@ -254,8 +253,7 @@ async fn lock_hold(
         claim.reassert(conn).await??;
         return Ok(Err(Decline::HoldNotFound));
     };
-    let wallet = lock_wallet(conn, claim.tenant(), wallet_id).await?;
-    claim.reassert(conn).await??;
+    let wallet = lock_wallet_and_claim(conn, claim, wallet_id).await?;
     let Some(wallet) = wallet else {
         return Ok(Err(Decline::HoldNotFound));
     };

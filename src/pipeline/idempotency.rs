@@ -17,8 +17,11 @@
 
 use std::time::Duration;
 
-use diesel::sql_types::{Bool, Bytea, Int2, Nullable, Text, Uuid as SqlUuid};
-use diesel::{OptionalExtension, QueryableByName};
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::pg::expression::extensions::IntervalDsl;
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Bytea, Int2, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -26,6 +29,7 @@ use uuid::Uuid;
 use super::deadline::Deadline;
 use super::outcome::{PipelineError, StoredResponse};
 use super::transaction;
+use crate::db::schema::idempotency_keys as keys;
 use crate::db::{PgConn, PgPool};
 use crate::domain::{IdempotencyKey, TenantId, WalletId};
 
@@ -127,25 +131,27 @@ pub async fn begin(
     for _ in 0..CLAIM_ATTEMPTS_MAX {
         let token = Uuid::new_v4();
         // No conflict target: a racing twin may collide on the primary key or on the
-        // (tenant, key, wallet) unique key first, and either means "the key exists".
-        let inserted: Option<Token> = diesel::sql_query(
-            "INSERT INTO idempotency_keys \
-                 (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
-             VALUES ($1, $2, $3, $4, 'in_progress', $5, clock_timestamp() + $6 * interval '1 millisecond') \
-             ON CONFLICT DO NOTHING \
-             RETURNING lease_token",
-        )
-        .bind::<SqlUuid, _>(request.tenant.as_uuid())
-        .bind::<Text, _>(request.key.as_str())
-        .bind::<Bytea, _>(&request.fingerprint.0[..])
-        .bind::<Nullable<SqlUuid>, _>(request.wallet.map(|w| w.as_uuid()))
-        .bind::<SqlUuid, _>(token)
-        .bind::<diesel::sql_types::BigInt, _>(lease_ms)
-        .get_result(&mut conn)
-        .await
-        .optional()
-        .map_err(PipelineError::from_db)?;
-        if inserted.is_some_and(|row| row.lease_token == token) {
+        // (tenant, key, wallet) unique key first, and either means "the key exists". (DSL, so
+        // the statement is prepared once per connection, like the others on the hot path.)
+        let inserted: Option<Option<Uuid>> = diesel::insert_into(keys::table)
+            .values((
+                keys::tenant_id.eq(request.tenant.as_uuid()),
+                keys::idempotency_key.eq(request.key.as_str()),
+                keys::fingerprint.eq(&request.fingerprint.0[..]),
+                keys::wallet_id.eq(request.wallet.map(|w| w.as_uuid())),
+                keys::state.eq("in_progress"),
+                keys::lease_token.eq(token),
+                // The database's clock, as every lease comparison uses.
+                keys::lease_expires_at
+                    .eq((now.into_sql::<Timestamptz>() + lease_ms.milliseconds()).nullable()),
+            ))
+            .on_conflict_do_nothing()
+            .returning(keys::lease_token)
+            .get_result(&mut *conn)
+            .await
+            .optional()
+            .map_err(PipelineError::from_db)?;
+        if inserted.flatten() == Some(token) {
             return Ok(Begin::Claimed(claim(pool, request, token)));
         }
 
@@ -302,25 +308,24 @@ impl Claim {
     }
 
     /// Re-claims the key inside the business transaction: row-locks the marker and checks it
-    /// still carries our token. Call it right after locking the wallet row.
+    /// still carries our token. Call it right after locking the wallet row (or pipelined after
+    /// it: `locked::lock_wallet_and_claim`).
     pub async fn reassert(
         &self,
-        conn: &mut PgConn,
+        mut conn: &PgConn,
     ) -> Result<Result<(), ClaimLost>, diesel::result::Error> {
-        let held: Option<Token> = diesel::sql_query(
-            "SELECT lease_token FROM idempotency_keys \
-             WHERE tenant_id = $1 AND idempotency_key = $2 \
-               AND state = 'in_progress' AND lease_token = $3 \
-             FOR UPDATE",
-        )
-        .bind::<SqlUuid, _>(self.tenant.as_uuid())
-        .bind::<Text, _>(self.key.as_str())
-        .bind::<SqlUuid, _>(self.token)
-        .get_result(conn)
-        .await
-        .optional()?;
-        match held {
-            Some(row) if row.lease_token == self.token => Ok(Ok(())),
+        let held: Option<Option<Uuid>> = keys::table
+            .filter(keys::tenant_id.eq(self.tenant.as_uuid()))
+            .filter(keys::idempotency_key.eq(self.key.as_str()))
+            .filter(keys::state.eq("in_progress"))
+            .filter(keys::lease_token.eq(self.token))
+            .select(keys::lease_token)
+            .for_update()
+            .first(&mut conn)
+            .await
+            .optional()?;
+        match held.flatten() {
+            Some(token) if token == self.token => Ok(Ok(())),
             _ => Ok(Err(ClaimLost)),
         }
     }
@@ -328,22 +333,25 @@ impl Claim {
     /// Stores the response in the same transaction as the business write.
     pub async fn complete(
         &self,
-        conn: &mut PgConn,
+        mut conn: &PgConn,
         response: &StoredResponse,
     ) -> Result<(), diesel::result::Error> {
         let status = i16::try_from(response.status).unwrap_or(500);
-        let updated = diesel::sql_query(
-            "UPDATE idempotency_keys \
-             SET state = 'completed', lease_token = NULL, lease_expires_at = NULL, \
-                 response_status = $4, response_body = $5, completed_at = clock_timestamp() \
-             WHERE tenant_id = $1 AND idempotency_key = $2 AND lease_token = $3",
+        let updated = diesel::update(
+            keys::table
+                .filter(keys::tenant_id.eq(self.tenant.as_uuid()))
+                .filter(keys::idempotency_key.eq(self.key.as_str()))
+                .filter(keys::lease_token.eq(self.token)),
         )
-        .bind::<SqlUuid, _>(self.tenant.as_uuid())
-        .bind::<Text, _>(self.key.as_str())
-        .bind::<SqlUuid, _>(self.token)
-        .bind::<Int2, _>(status)
-        .bind::<Bytea, _>(&response.body)
-        .execute(conn)
+        .set((
+            keys::state.eq("completed"),
+            keys::lease_token.eq(None::<Uuid>),
+            keys::lease_expires_at.eq(None::<DateTime<Utc>>),
+            keys::response_status.eq(status),
+            keys::response_body.eq(&response.body),
+            keys::completed_at.eq(now),
+        ))
+        .execute(&mut conn)
         .await?;
         if updated == 1 {
             Ok(())

@@ -11,7 +11,7 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
+use super::locked::lock_wallet_and_claim;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -128,8 +128,7 @@ pub(super) async fn post_entry_once(
     command: &EntryCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
-    claim.reassert(conn).await??;
+    let wallet = lock_wallet_and_claim(conn, claim, command.wallet).await?;
     let at = entry_time();
     let wallet = match wallet {
         Some(wallet) => Some(release_expired_holds(conn, wallet, at, changes).await?),

@@ -218,9 +218,12 @@ impl Pipeline {
     ) -> Result<Outcome, PipelineError> {
         let deadline = Deadline::after(self.deadline);
         let operation = command.operation();
+        let mut clock = LayerClock::start(&self.metrics);
 
         // 1a. Idempotency, fast path: an answer cached in Redis is replayed at once.
-        if let Some(stored) = self.cached_replay(&request, operation).await? {
+        let cached = self.cached_replay(&request, operation).await;
+        clock.lap("replay_cache");
+        if let Some(stored) = cached? {
             return Ok(Outcome::Replayed(stored));
         }
 
@@ -255,6 +258,7 @@ impl Pipeline {
             Begin::Claimed(claim) => claim,
             Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
         };
+        clock.lap("claim");
 
         // 2. The wallet's distributed lock, with a bounded wait.
         let guard = match place {
@@ -268,9 +272,12 @@ impl Pipeline {
             },
         };
 
+        clock.lap("lock");
+
         // 3 + 4. Row lock, key re-claim, the command's decision, one commit (with the events
         // of what changed, and the wallet's cache entry marked pending before it).
         let result = self.transaction(&claim, &command, deadline).await;
+        clock.lap("transaction");
         let release = async {
             if let Some(guard) = guard {
                 if guard.expired() {
@@ -279,24 +286,30 @@ impl Pipeline {
                 guard.release().await;
             }
         };
-        // After the commit: the cache gets the committed wallet (before the client hears of
-        // the change, so its next read sees it) and the relay is woken.
-        let result = match result {
+        let stored = match result {
+            // After the commit, all at once: the lock released, the cache given the committed
+            // wallet (before the client hears of the change, so its next read sees it), the
+            // relay woken, and the answer cached for a retry. Then the claim is disarmed.
             Ok((stored, changes, mark)) => {
-                tokio::join!(release, self.effects.after_commit(&changes, mark));
-                Ok(stored)
+                tokio::join!(
+                    release,
+                    self.effects.after_commit(&changes, mark),
+                    self.replay_cache.store(&request, &stored)
+                );
+                claim.committed();
+                stored
             }
+            // Anything else frees the key, so that a retry executes afresh.
             Err(error) => {
                 release.await;
-                Err(error)
+                claim.abandon().await;
+                return Err(error);
             }
         };
-
-        let stored = settle(claim, result).await?;
+        clock.lap("after_commit");
         if command.writes_entry() {
             self.metrics.record_entry(operation, stored.status);
         }
-        self.replay_cache.store(&request, &stored).await;
         Ok(Outcome::Executed(stored))
     }
 
@@ -437,13 +450,17 @@ impl Pipeline {
                         let mut changes = Changes::default();
                         let response = command.run_locked(c, claim, &mut changes).await?;
                         // The events and the answer commit with the effect, for every command,
-                        // here; the cache mark (Redis) overlaps the answer's statement.
-                        outbox::insert(c, changes.events()).await?;
-                        let (completed, mark) = tokio::join!(
-                            claim.complete(c, &response),
-                            effects.before_commit(&changes)
-                        );
-                        completed?;
+                        // here: the two statements pipelined (one round trip), the cache mark
+                        // (Redis) overlapping them.
+                        let writes = async {
+                            tokio::try_join!(
+                                biased;
+                                outbox::insert(c, changes.events()),
+                                claim.complete(c, &response)
+                            )
+                        };
+                        let (written, mark) = tokio::join!(writes, effects.before_commit(&changes));
+                        written?;
                         Ok((response, changes, mark))
                     })
                     .await;
@@ -460,20 +477,25 @@ impl Pipeline {
     }
 }
 
-/// After the transaction: a committed answer disarms the claim; anything else frees the key
-/// so that a retry executes afresh.
-async fn settle(
-    claim: Claim,
-    result: Result<StoredResponse, PipelineError>,
-) -> Result<StoredResponse, PipelineError> {
-    match result {
-        Ok(stored) => {
-            claim.committed();
-            Ok(stored)
+/// Times the layers of one request into `walletd_pipeline_layer_seconds{layer}`: each lap is
+/// the time since the previous one, so the laps of a request add up to its time in the
+/// pipeline (a request that stops early records only the layers it reached).
+struct LayerClock<'a> {
+    metrics: &'a Metrics,
+    last: Instant,
+}
+
+impl<'a> LayerClock<'a> {
+    fn start(metrics: &'a Metrics) -> Self {
+        Self {
+            metrics,
+            last: Instant::now(),
         }
-        Err(error) => {
-            claim.abandon().await;
-            Err(error)
-        }
+    }
+
+    fn lap(&mut self, layer: &'static str) {
+        let now = Instant::now();
+        self.metrics.record_layer(layer, now - self.last);
+        self.last = now;
     }
 }

@@ -11,7 +11,7 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
+use super::locked::lock_wallet_and_claim;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -37,10 +37,12 @@ pub(super) async fn reverse_once(
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let wallet = match command.wallet {
-        Some(wallet) => lock_wallet(conn, claim.tenant(), wallet).await?,
-        None => None,
+        Some(wallet) => lock_wallet_and_claim(conn, claim, wallet).await?,
+        None => {
+            claim.reassert(conn).await??;
+            None
+        }
     };
-    claim.reassert(conn).await??;
     let response = match wallet {
         None => Decline::TransactionNotFound.stored(),
         Some(wallet) => match original(conn, &wallet, command.transaction).await? {

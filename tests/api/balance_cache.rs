@@ -16,7 +16,7 @@ use walletd::metrics::Metrics;
 use walletd::redis_nodes::RedisNodes;
 use walletd::representation::Wallet;
 
-use crate::helpers::{PrivateRedis, TestApp, new_key, poll_until};
+use crate::helpers::{POLL_INTERVAL, PrivateRedis, TestApp, new_key, poll_until};
 
 const HITS: (&str, &str) = ("walletd_balance_cache_reads_total", "result=\"hit\"");
 
@@ -250,8 +250,15 @@ async fn a_write_that_could_not_reach_the_cache_never_lets_it_serve_the_old_bala
         (Some("2".into()), Some("r".into()))
     );
 
-    const PAUSE_MS: u64 = 1500;
+    let key = entry_key(&app, &wallet);
     let mut redis = node.connection().await;
+    let old_entry: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    const PAUSE_MS: u64 = 1500;
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(PAUSE_MS)
@@ -269,6 +276,18 @@ async fn a_write_that_could_not_reach_the_cache_never_lets_it_serve_the_old_bala
         "the debit ran while paused"
     );
     tokio::time::sleep(Duration::from_millis(PAUSE_MS) - paused.elapsed()).await;
+    // The writes the service sent while the node was paused run when it resumes (they were
+    // queued on the connection). A write lost in the network would not: put the old entry
+    // back, as if these had been lost (once the queued ones ran, if they do within 1 s).
+    let resumed = Instant::now();
+    while entry(&app, &wallet).await.0 == Some("2".into())
+        && resumed.elapsed() < Duration::from_secs(1)
+    {
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let mut restore = redis::pipe();
+    restore.atomic().del(&key).hset_multiple(&key, &old_entry);
+    let _: () = restore.query_async(&mut redis).await.unwrap();
 
     // The old entry is there, but never served.
     assert_eq!(entry(&app, &wallet).await.0, Some("2".into()));

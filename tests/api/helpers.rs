@@ -895,9 +895,10 @@ pub async fn forget_replay_cache(app: &TestApp, key: &str) {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: i64 = redis::cmd("DEL")
+    let deleted: i64 = redis::cmd("DEL")
         .arg(&cache_key)
         .query_async(&mut redis)
         .await
         .unwrap();
+    assert_eq!(deleted, 1, "no replay-cache entry for key {key}");
 }
