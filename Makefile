@@ -9,7 +9,8 @@ run:
 test:
 	scripts/test.sh
 
-## Throughput benchmark: debits/s with 16 concurrent clients on distinct wallets.
+## Benchmark (issue 9): pgbench raw-SQL debit vs walletd under wrk, interleaved, uniform/hot/replay
+## workloads, 16 connections, 10 s x 3 rounds, 1,000 wallets, then a fixed-rate run (knobs: scripts/bench.sh).
 bench:
 	scripts/bench.sh
 

@@ -7,15 +7,31 @@
 //!     1: a hot wallet), each sending its debits back to back, a new Idempotency-Key each.
 //!     GET /metrics is scraped before and after (once the relay caught up): the outbox publish
 //!     lag p50/p99 over the difference, as for reads.
-//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms= lag_events= lag_p50_ms= lag_p99_ms=
+//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p90_ms= p99_ms= lag_events= lag_p50_ms= lag_p99_ms=
 //! bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>
 //!     `readers` tasks doing GET /v1/wallets/{id} round robin over `wallets` wallets while
 //!     `writers` tasks debit the same wallets until the readers are done. GET /metrics is
 //!     scraped before and after: the balance cache hit ratio from
 //!     walletd_balance_cache_reads_total{result=...} and the publish lag p50/p99 from the
 //!     walletd_outbox_publish_lag_seconds buckets, both over the difference ("n/a" if absent).
-//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p99_ms= writes= write_non2xx= wps=
+//!     -> ok= non2xx= elapsed_s= rps= p50_ms= p90_ms= p99_ms= writes= write_non2xx= wps=
 //!        cache_hit= cache_reads= lag_events= lag_p50_ms= lag_p99_ms=
+//! bench_debits setup <base_url> <api_key> <wallets> <wallets_file>
+//!     Creates `wallets` EUR wallets, credits each 1,000,000.00, and writes their ids to
+//!     `wallets_file`, one a line (for scripts/bench/debit.lua and `rate`).
+//!     -> wallets= elapsed_s=
+//! bench_debits lag <metrics_before_file> <metrics_after_file>
+//!     The publish lag over the difference of two saved GET /metrics bodies, as above.
+//!     -> lag_events= lag_p50_ms= lag_p99_ms=
+//! bench_debits rate <base_url> <api_key> <rps> <seconds> <wallets_file>
+//!     Open loop: debit i is due at start + i/rps whatever happened to the earlier ones (a
+//!     request of its own for each, on a pool of keep-alive connections), on a wallet picked at
+//!     random from the file, a fresh Idempotency-Key each. Latency is measured from the time
+//!     the debit was due, not from when it was sent, so a slow answer cannot hide the debits
+//!     queued behind it (no coordinated omission). send_lag_max_ms: how late the latest debit
+//!     left the client's scheduler.
+//!     -> target_rps= sent= ok= non2xx= elapsed_s= rps= p50_ms= p90_ms= p99_ms= max_ms=
+//!        send_lag_max_ms= max_in_flight=
 //! ```
 //!
 //! Wallets are created and credited first (not timed). Throughput counts 2xx answers; latency
@@ -80,12 +96,13 @@ impl Tally {
             format!("{:.2}", self.latencies[i].as_secs_f64() * 1e3)
         };
         format!(
-            "ok={} non2xx={} elapsed_s={:.3} rps={:.1} p50_ms={} p99_ms={}",
+            "ok={} non2xx={} elapsed_s={:.3} rps={:.1} p50_ms={} p90_ms={} p99_ms={}",
             self.ok,
             self.non2xx(),
             elapsed.as_secs_f64(),
             self.ok as f64 / elapsed.as_secs_f64(),
             ms(0.50),
+            ms(0.90),
             ms(0.99),
         )
     }
@@ -138,29 +155,48 @@ impl Api {
     }
 
     async fn debit(&self, wallet: &str) -> Result<u16, ()> {
-        let body = json!({"amount": "1.00", "currency": "EUR"});
+        let body = json!({"amount": "0.01", "currency": "EUR"});
         self.post(&format!("/v1/wallets/{wallet}/debit"), &body, false)
             .await
             .0
     }
 
-    /// `n` wallets, each credited 1,000,000.00 EUR (enough for a million 1.00 debits).
+    /// One wallet credited 1,000,000.00 EUR (enough for a hundred million 0.01 debits).
+    async fn funded_wallet(&self) -> Arc<str> {
+        let (status, wallet) = self
+            .post("/v1/wallets", &json!({"currency": "EUR"}), true)
+            .await;
+        assert_eq!(status, Ok(201), "create wallet: {wallet}");
+        let id = wallet["id"].as_str().expect("wallet id").to_owned();
+        let credit = json!({"amount": "1000000.00", "currency": "EUR"});
+        let (status, body) = self
+            .post(&format!("/v1/wallets/{id}/credit"), &credit, true)
+            .await;
+        assert_eq!(status, Ok(201), "credit wallet: {body}");
+        Arc::from(id)
+    }
+
+    /// `n` funded wallets, created by up to 16 requests at a time, in creation order.
     async fn funded_wallets(&self, n: usize) -> Vec<Arc<str>> {
+        let workers = n.clamp(1, 16);
+        let tasks: Vec<_> = (0..workers)
+            .map(|w| {
+                let api = self.clone();
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    for i in (w..n).step_by(workers) {
+                        mine.push((i, api.funded_wallet().await));
+                    }
+                    mine
+                })
+            })
+            .collect();
         let mut wallets = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (status, wallet) = self
-                .post("/v1/wallets", &json!({"currency": "EUR"}), true)
-                .await;
-            assert_eq!(status, Ok(201), "create wallet: {wallet}");
-            let id = wallet["id"].as_str().expect("wallet id").to_owned();
-            let credit = json!({"amount": "1000000.00", "currency": "EUR"});
-            let (status, body) = self
-                .post(&format!("/v1/wallets/{id}/credit"), &credit, true)
-                .await;
-            assert_eq!(status, Ok(201), "credit wallet: {body}");
-            wallets.push(Arc::from(id));
+        for task in tasks {
+            wallets.extend(task.await.unwrap());
         }
-        wallets
+        wallets.sort_by_key(|(i, _)| *i);
+        wallets.into_iter().map(|(_, id)| id).collect()
     }
 
     /// GET /metrics as `series{labels}` -> value (comments and unparsable lines skipped).
@@ -370,20 +406,139 @@ async fn reads(api: Api, readers: usize, per_reader: usize, wallet_count: usize,
     );
 }
 
+async fn setup(api: Api, wallet_count: usize, file: &str) {
+    let started = Instant::now();
+    let wallets = api.funded_wallets(wallet_count).await;
+    let mut text = wallets.join("\n");
+    text.push('\n');
+    std::fs::write(file, text).expect("write wallets file");
+    println!(
+        "wallets={} elapsed_s={:.3}",
+        wallets.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn lag(before_file: &str, after_file: &str) {
+    let read = |f: &str| parse_metrics(&std::fs::read_to_string(f).expect("metrics file"));
+    let (events, p50, p99) = publish_lag(&read(before_file), &read(after_file));
+    println!("lag_events={events} lag_p50_ms={p50} lag_p99_ms={p99}");
+}
+
+/// A small xorshift generator (the example needs no `rand`): uniform enough to pick wallets.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+async fn rate(api: Api, target_rps: f64, seconds: f64, wallets_file: &str) {
+    assert!(
+        target_rps > 0.0 && seconds > 0.0,
+        "rps and seconds must be > 0"
+    );
+    let wallets: Vec<Arc<str>> = std::fs::read_to_string(wallets_file)
+        .expect("wallets file")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(Arc::from)
+        .collect();
+    assert!(!wallets.is_empty(), "no wallets in {wallets_file}");
+    let mut random = XorShift(uuid::Uuid::new_v4().as_u128() as u64 | 1);
+    let total = (target_rps * seconds).round() as usize;
+    let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut max_in_flight = 0;
+    let mut send_lag = Duration::ZERO;
+    let started = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / target_rps);
+        tokio::time::sleep_until(due.into()).await;
+        send_lag = send_lag.max(due.elapsed());
+        let (api, wallet) = (api.clone(), wallets[random.below(wallets.len())].clone());
+        let now = in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        max_in_flight = max_in_flight.max(now);
+        let in_flight = in_flight.clone();
+        tasks.push(tokio::spawn(async move {
+            let status = api.debit(&wallet).await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            (due, due.elapsed(), status)
+        }));
+    }
+    let mut tally = Tally::default();
+    for task in tasks {
+        let (due, latency, status) = task.await.unwrap();
+        match status {
+            Ok(code) => {
+                tally.latencies.push(latency);
+                if (200..300).contains(&code) {
+                    tally.ok += 1;
+                } else {
+                    *tally.other.entry(code.to_string()).or_default() += 1;
+                }
+            }
+            Err(()) => tally.record(due, Err(())),
+        }
+    }
+    let elapsed = started.elapsed();
+    tally.latencies.sort();
+    let ms = |p: f64| {
+        if tally.latencies.is_empty() {
+            return "n/a".to_owned();
+        }
+        let i = ((tally.latencies.len() as f64 - 1.0) * p).round() as usize;
+        format!("{:.2}", tally.latencies[i].as_secs_f64() * 1e3)
+    };
+    println!(
+        "target_rps={target_rps:.1} sent={total} ok={} non2xx={} elapsed_s={:.3} rps={:.1} p50_ms={} p90_ms={} p99_ms={} max_ms={} send_lag_max_ms={:.2} max_in_flight={max_in_flight}",
+        tally.ok,
+        tally.non2xx(),
+        elapsed.as_secs_f64(),
+        tally.ok as f64 / elapsed.as_secs_f64(),
+        ms(0.50),
+        ms(0.90),
+        ms(0.99),
+        ms(1.0),
+        send_lag.as_secs_f64() * 1e3,
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench_debits debits <base_url> <api_key> <clients> <debits_per_client> <wallets>\n       bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>";
+    let usage =
+        "usage: bench_debits debits <base_url> <api_key> <clients> <debits_per_client> <wallets>
+       bench_debits reads <base_url> <api_key> <readers> <reads_per_reader> <wallets> <writers>
+       bench_debits setup <base_url> <api_key> <wallets> <wallets_file>
+       bench_debits lag <metrics_before_file> <metrics_after_file>
+       bench_debits rate <base_url> <api_key> <rps> <seconds> <wallets_file>";
     let number = |i: usize| -> usize {
         args.get(i)
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("{usage}"))
     };
+    let text = |i: usize| -> &str {
+        args.get(i)
+            .map_or_else(|| panic!("{usage}"), |a| a.as_str())
+    };
+    if args.get(1).map(String::as_str) == Some("lag") {
+        lag(text(2), text(3));
+        return;
+    }
     let (mode, base, key) = match (args.get(1), args.get(2), args.get(3)) {
         (Some(mode), Some(base), Some(key)) => (mode.as_str(), base.trim_end_matches('/'), key),
         _ => panic!("{usage}"),
     };
-    let connections = number(4) + if mode == "reads" { number(7) } else { 0 };
+    let connections = match mode {
+        "reads" => number(4) + number(7),
+        "debits" => number(4),
+        _ => 64,
+    };
     let api = Api {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(connections)
@@ -396,6 +551,15 @@ async fn main() {
     match mode {
         "debits" => debits(api, number(4), number(5), number(6).max(1)).await,
         "reads" => reads(api, number(4), number(5), number(6).max(1), number(7)).await,
+        "setup" => setup(api, number(4).max(1), text(5)).await,
+        "rate" => {
+            let float = |i: usize| -> f64 {
+                args.get(i)
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("{usage}"))
+            };
+            rate(api, float(4), float(5), text(6)).await;
+        }
         _ => panic!("{usage}"),
     }
 }

@@ -96,12 +96,17 @@ pub struct LockSettings {
     pub local_handoffs_max: u32,
 }
 
+/// The largest `pipeline.batch_max`: one batch is one transaction holding its wallet's row
+/// lock, so it stays short.
+const BATCH_MAX_LIMIT: usize = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     pub deadline_ms: u64,
     pub concurrent_max: usize,
     pub wallet_queue_depth_max: usize,
+    pub batch_max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +247,10 @@ impl Settings {
         ensure!(
             self.pipeline.concurrent_max >= 1 && self.pipeline.wallet_queue_depth_max >= 1,
             "pipeline.concurrent_max and pipeline.wallet_queue_depth_max must be >= 1"
+        );
+        ensure!(
+            (1..=BATCH_MAX_LIMIT).contains(&self.pipeline.batch_max),
+            "pipeline.batch_max must be between 1 and {BATCH_MAX_LIMIT}"
         );
         ensure!(
             self.server.body_read_timeout_ms >= 1,

@@ -15,6 +15,7 @@ pub struct Metrics {
     replays: IntCounterVec,
     lock_wait: HistogramVec,
     layers: HistogramVec,
+    batch_size: prometheus::Histogram,
     pool: IntGaugeVec,
     unknown_keys: IntCounterVec,
     unknown_key_entries: IntGauge,
@@ -91,6 +92,13 @@ impl Metrics {
             ]),
             &["layer"],
         )?;
+        let batch_size = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "pipeline_batch_size",
+                "Debits and credits of one wallet committed together in one transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
         let pool = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Postgres pool connections by state"),
             &["state"],
@@ -101,6 +109,7 @@ impl Metrics {
         registry.register(Box::new(replays.clone()))?;
         registry.register(Box::new(lock_wait.clone()))?;
         registry.register(Box::new(layers.clone()))?;
+        registry.register(Box::new(batch_size.clone()))?;
         let unknown_keys = IntCounterVec::new(
             Opts::new(
                 "auth_unknown_key_cache_total",
@@ -177,6 +186,7 @@ impl Metrics {
             replays,
             lock_wait,
             layers,
+            batch_size,
             pool,
             unknown_keys,
             unknown_key_entries,
@@ -223,6 +233,11 @@ impl Metrics {
         self.layers
             .with_label_values(&[layer])
             .observe(took.as_secs_f64());
+    }
+
+    /// One batch of `jobs` debits and credits run in one transaction.
+    pub fn record_batch(&self, jobs: usize) {
+        self.batch_size.observe(jobs as f64);
     }
 
     /// `event`: `hit`, `insert` or `clear`.

@@ -81,6 +81,11 @@ fn contended_key(tenant: TenantId, wallet: WalletId) -> String {
     format!("walletd:lockwait:{tenant}:{wallet}")
 }
 
+/// How long a contended mark lives: long enough to outlast one back-off of its setter.
+fn contended_mark_ttl(retry_delay_max: Duration) -> Duration {
+    retry_delay_max * 2 + Duration::from_millis(10)
+}
+
 /// A wallet as seen by one tenant: what the lock and the local queue are keyed by.
 type LockScope = (TenantId, WalletId);
 
@@ -118,19 +123,30 @@ struct TurnState {
     /// Redlock acquisitions in a row by this process's requests, with no other replica's
     /// request in between.
     handoffs_in_a_row: u32,
+    /// The last release found another replica waiting (the contended mark).
+    contended: bool,
 }
 
 struct QueueEntry {
     /// Requests holding or awaiting this wallet's turn.
     depth: usize,
     turn: Arc<tokio::sync::Mutex<TurnState>>,
+    /// When the queue last emptied, if it is kept for its turn state.
+    idle_since: Option<Instant>,
 }
 
+/// Most queue entries kept for their turn state alone before stale ones are dropped.
+const IDLE_ENTRIES_MAX: usize = 1024;
+
 /// Per-wallet FIFO queues of this process. An entry lives while someone holds or awaits it,
-/// so the map stays as small as the set of busy wallets.
+/// so the map stays as small as the set of busy wallets — except that a wallet another
+/// replica is waiting for keeps its turn state for `linger` after its queue empties: this
+/// replica's run of turns must still count when its next request comes a moment later
+/// (coalesced requests empty the queue at every batch), or it would never yield the wallet.
 struct LocalQueues {
     queues: Mutex<HashMap<LockScope, QueueEntry>>,
     depth_max: usize,
+    linger: Duration,
 }
 
 impl LocalQueues {
@@ -139,9 +155,17 @@ impl LocalQueues {
         let entry = queues.entry(scope).or_insert_with(|| QueueEntry {
             depth: 0,
             turn: Arc::default(),
+            idle_since: None,
         });
         if entry.depth >= self.depth_max {
             return Err(QueueFull { depth: entry.depth });
+        }
+        if entry
+            .idle_since
+            .take()
+            .is_some_and(|idle| idle.elapsed() > self.linger)
+        {
+            entry.turn = Arc::default();
         }
         entry.depth += 1;
         Ok(QueuePlace {
@@ -153,11 +177,28 @@ impl LocalQueues {
 
     fn leave(&self, scope: LockScope) {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = queues.get_mut(&scope) {
-            entry.depth = entry.depth.saturating_sub(1);
-            if entry.depth == 0 {
-                queues.remove(&scope);
-            }
+        let Some(entry) = queues.get_mut(&scope) else {
+            return;
+        };
+        entry.depth = entry.depth.saturating_sub(1);
+        if entry.depth > 0 {
+            return;
+        }
+        // Nobody holds the turn now (a turn is given up before its place is left).
+        let contended = entry.turn.try_lock().is_ok_and(|turn| turn.contended);
+        if !contended {
+            queues.remove(&scope);
+            return;
+        }
+        entry.idle_since = Some(Instant::now());
+        if queues.len() > IDLE_ENTRIES_MAX {
+            let linger = self.linger;
+            queues.retain(|_, entry| {
+                entry.depth > 0
+                    || entry
+                        .idle_since
+                        .is_some_and(|idle| idle.elapsed() <= linger)
+            });
         }
     }
 }
@@ -204,6 +245,7 @@ impl WalletLocks {
             local: Arc::new(LocalQueues {
                 queues: Mutex::default(),
                 depth_max: queue_depth_max,
+                linger: contended_mark_ttl(ms(settings.retry_delay_ms_max)),
             }),
             nodes,
             acquire: Arc::new(redis::Script::new(ACQUIRE_SCRIPT)),
@@ -221,9 +263,8 @@ impl WalletLocks {
         self.nodes.all().len() / 2 + 1
     }
 
-    /// How long a contended mark lives: long enough to outlast one back-off of its setter.
     fn contended_mark_ttl(&self) -> Duration {
-        self.retry_delay_max * 2 + Duration::from_millis(10)
+        contended_mark_ttl(self.retry_delay_max)
     }
 
     /// Takes a place in the wallet's local queue, or refuses at once when it is full.
@@ -390,6 +431,7 @@ impl WalletLocks {
     /// waits and this one has had `lock.local_handoffs_max` turns in a row — after one back-off
     /// period, so that replica's next attempt finds the wallet free.
     fn hand_off(&self, mut local: LocalTurn, contended: bool) {
+        local.turn.contended = contended;
         if !contended || local.turn.handoffs_in_a_row < self.handoffs_max {
             return;
         }
@@ -503,6 +545,7 @@ mod tests {
         Arc::new(LocalQueues {
             queues: Mutex::default(),
             depth_max,
+            linger: Duration::from_millis(100),
         })
     }
 
@@ -538,6 +581,37 @@ mod tests {
         drop(other);
         drop(other_place);
         assert_eq!(entries(&queues), 0, "idle queues are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_wallet_another_replica_waits_for_keeps_its_run_of_turns_for_a_moment() {
+        let queues = queues(8);
+        let wallet = (TenantId::generate(), WalletId::generate());
+        let place = queues.enter(wallet).unwrap();
+        let mut turn = Arc::clone(&place.turn).lock_owned().await;
+        turn.handoffs_in_a_row = 3;
+        turn.contended = true;
+        drop(turn);
+        drop(place);
+        assert_eq!(entries(&queues), 1, "kept while another replica waits");
+        let place = queues.enter(wallet).unwrap();
+        assert_eq!(
+            place.turn.lock().await.handoffs_in_a_row,
+            3,
+            "the run goes on"
+        );
+        drop(place);
+
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let place = queues.enter(wallet).unwrap();
+        assert_eq!(
+            place.turn.lock().await.handoffs_in_a_row,
+            0,
+            "after the linger, a new run"
+        );
+        place.turn.lock().await.contended = false;
+        drop(place);
+        assert_eq!(entries(&queues), 0, "uncontended: forgotten at once");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! responses) and [`PipelineError`]s; the API layer maps those to statuses.
 
 pub mod append;
+mod batch;
 pub mod chain;
 pub mod changes;
 pub mod create_wallet;
@@ -50,6 +51,7 @@ use crate::domain::{HoldId, TenantId, TransactionId, WalletId};
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::redis_nodes::RedisNodes;
+use batch::Coalescer;
 use changes::{Changes, CommitEffects};
 use create_wallet::CreateWalletCommand;
 use deadline::Deadline;
@@ -142,6 +144,7 @@ pub struct Pipeline {
     db: PgPool,
     locks: WalletLocks,
     replay_cache: ReplayCache,
+    coalescer: Coalescer,
     effects: CommitEffects,
     metrics: Arc<Metrics>,
     database: DatabaseSettings,
@@ -170,6 +173,7 @@ impl Pipeline {
                 redis.clone(),
                 Duration::from_secs(settings.idempotency.replay_cache_ttl_s),
             ),
+            coalescer: Coalescer::new(settings.pipeline.batch_max),
             effects,
             metrics,
             database: settings.database.clone(),
@@ -259,6 +263,16 @@ impl Pipeline {
             Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
         };
         clock.lap("claim");
+
+        // 2 to 4 for a debit or credit: coalesced with those queued behind it on its wallet.
+        let place = match (&command, place) {
+            (Command::Entry(entry), Some(place)) if self.coalescer.enabled() => {
+                return self
+                    .execute_coalesced(request, entry.clone(), claim, place, deadline, clock)
+                    .await;
+            }
+            (_, place) => place,
+        };
 
         // 2. The wallet's distributed lock, with a bounded wait.
         let guard = match place {

@@ -161,6 +161,22 @@ impl PipelineError {
         }
     }
 
+    /// The same failure for another request it befell (each request of a failed batch gets
+    /// one); the cause is kept as text.
+    pub fn for_another_request(&self) -> Self {
+        match self {
+            PipelineError::IdempotencyKeyReused => PipelineError::IdempotencyKeyReused,
+            PipelineError::IdempotencyKeyInProgress => PipelineError::IdempotencyKeyInProgress,
+            PipelineError::IdempotencyKeyExpired => PipelineError::IdempotencyKeyExpired,
+            PipelineError::Rejected(reason) => PipelineError::Rejected(reason.clone()),
+            PipelineError::LockTimeout => PipelineError::LockTimeout,
+            PipelineError::Unavailable(cause) => {
+                PipelineError::Unavailable(anyhow::anyhow!("{cause:#}"))
+            }
+            PipelineError::Internal(cause) => PipelineError::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+
     pub fn from_pool(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         PipelineError::Unavailable(anyhow::Error::new(error).context("no database connection"))
     }

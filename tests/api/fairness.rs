@@ -15,11 +15,12 @@ use serde_json::json;
 use crate::helpers::{TestApp, new_key};
 
 const HANDOFFS_MAX: u32 = 4;
-/// Longest run of one replica's entries allowed while both still have requests waiting: the
-/// hand-off cap, plus the requests that were already past their Redis attempt, with slack.
-const RUN_MAX: usize = 3 * HANDOFFS_MAX as usize;
-
 const CLIENTS_PER_REPLICA: usize = 6;
+/// Longest run of one replica's entries allowed while both still have requests waiting: the
+/// hand-off cap in turns, each turn a batch of at most this replica's clients (coalescing),
+/// with two turns of slack for the requests already past their Redis attempt.
+const RUN_MAX: usize = (HANDOFFS_MAX as usize + 2) * CLIENTS_PER_REPLICA;
+
 const DEBITS_PER_CLIENT: usize = 30;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

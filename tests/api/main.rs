@@ -3,6 +3,7 @@
 
 mod audit;
 mod balance_cache;
+mod batching;
 mod cli;
 mod concurrency;
 mod errors;

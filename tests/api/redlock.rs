@@ -48,6 +48,14 @@ fn lock_key(app: &TestApp, wallet: &str) -> String {
 }
 
 /// `walletd_lock_wait_seconds_count{outcome="…"}` from /metrics (0 when absent).
+/// Batches of debits and credits so far: (batches, requests in them).
+async fn batches(app: &TestApp) -> (f64, f64) {
+    (
+        app.metric("walletd_pipeline_batch_size_count", "").await,
+        app.metric("walletd_pipeline_batch_size_sum", "").await,
+    )
+}
+
 async fn lock_outcomes(app: &TestApp, outcome: &str) -> u64 {
     app.metric(
         "walletd_lock_wait_seconds_count",
@@ -113,7 +121,10 @@ async fn all_nodes_up_concurrent_debits_go_through_the_redlock() {
     )
     .await;
 
-    assert!(lock_outcomes(&app, "acquired").await >= 32);
+    // Every debit went in a batch (coalescing), and every batch took the Redlock.
+    let (batches, batched) = batches(&app).await;
+    assert!(batched >= 32.0, "{batched} debits and credits in batches");
+    assert!(lock_outcomes(&app, "acquired").await >= batches as u64);
     assert_eq!(lock_outcomes(&app, "database_only").await, 0);
     let key = lock_key(&app, &wallet);
     for node in &nodes {
@@ -240,6 +251,7 @@ async fn all_nodes_down_database_only_still_charges_exactly_once() {
         node.kill().await;
     }
     let redlock_grants = lock_outcomes(&app, "acquired").await;
+    let (batches_before, _) = batches(&app).await;
 
     let responses = app.concurrent_debits(&wallet, 32, "800.00").await;
     let created = count_answers(&responses, StatusCode::CREATED, None);
@@ -253,9 +265,11 @@ async fn all_nodes_down_database_only_still_charges_exactly_once() {
     assert_eq!(app.wallet(&wallet).await["balance"], "200.00");
     let entries = app.assert_invariants(&wallet).await;
     assert_eq!(entries.iter().filter(|e| e["type"] == "debit").count(), 1);
-    // One database_only grant per decided debit, more if a request was shed after its grant
-    // (and retried); never a Redlock grant.
-    assert!(lock_outcomes(&app, "database_only").await >= 32);
+    // One database_only grant per batch of debits (more if a request was shed after its
+    // grant, and retried); never a Redlock grant.
+    let (batches_after, _) = batches(&app).await;
+    assert!(batches_after > batches_before);
+    assert!(lock_outcomes(&app, "database_only").await >= (batches_after - batches_before) as u64);
     assert_eq!(lock_outcomes(&app, "acquired").await, redlock_grants);
 
     let (status, body) = readyz(&app).await;

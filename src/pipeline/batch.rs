@@ -1,0 +1,327 @@
+//! Coalescing a hot wallet's debits and credits: while one request holds a wallet, the debits
+//! and credits queued behind it in this process are taken with it as one batch — one Redis
+//! lock, one row-locked transaction, one commit — and each is still decided on its own.
+//!
+//! Inside the batch's transaction the entries run in queue order, each exactly as it would
+//! alone ([`ledger::post_entry_once`]): its key re-claimed, its balance check against the
+//! wallet as the entries before it left it, its own seq, hash, stored answer and event. A
+//! decline is that request's stored answer and touches no other entry; a request refused
+//! against the locked row (a credit past the maximum balance) or whose claim was lost is
+//! answered alone and writes nothing. Only a failure of the transaction itself (the database
+//! down, a conflict that outlived its retries) fails the whole batch, and then every request
+//! in it frees its key, as a single request would, so each retry executes afresh.
+//!
+//! Bounded: a batch holds at most `pipeline.batch_max` requests (plus its leader, if more were
+//! queued ahead of it), its leader never waits for more to arrive (a batch is whatever queued
+//! while the wallet was busy), and every request keeps its place in the wallet's local queue
+//! (`pipeline.wallet_queue_depth_max`) until it is answered.
+//!
+//! Who runs a batch: every request queues its job, then waits for its wallet's turn (the local
+//! queue, then the Redis lock) *or* its answer, whichever comes first. The request that gets
+//! the turn while its own job is still queued is the batch's leader: it takes the queued jobs
+//! (its own among them), runs them, answers each and only then gives up the turn, so the
+//! requests it answered see their answer before they could get the turn.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use diesel_async::AsyncConnection;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+
+use super::changes::Changes;
+use super::deadline::Deadline;
+use super::idempotency::{Claim, IdempotentRequest};
+use super::ledger::{self, EntryCommand};
+use super::lock::{QueuePlace, WalletLockGuard};
+use super::outcome::{Outcome, PipelineError, StoredResponse};
+use super::transaction::{self, TxError};
+use super::{LayerClock, Pipeline};
+use crate::balance_cache::Mark;
+use crate::domain::{TenantId, WalletId};
+use crate::outbox;
+
+/// A wallet as one tenant sees it: what batches are keyed by (as the lock is).
+type Scope = (TenantId, WalletId);
+
+/// What one request of a batch was answered.
+type Answer = Result<Outcome, PipelineError>;
+
+/// One claimed debit or credit waiting for its wallet's turn.
+struct Job {
+    id: u64,
+    request: IdempotentRequest,
+    entry: EntryCommand,
+    claim: Claim,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// A queued job's receipt: how its request learns its answer, or takes its job back.
+struct Ticket {
+    id: u64,
+    scope: Scope,
+    answer: oneshot::Receiver<Answer>,
+}
+
+/// The jobs queued per wallet in this process. An entry lives while a job waits in it.
+pub struct Coalescer {
+    queues: Mutex<HashMap<Scope, VecDeque<Job>>>,
+    next_id: AtomicU64,
+    batch_max: usize,
+}
+
+impl Coalescer {
+    pub fn new(batch_max: usize) -> Self {
+        Self {
+            queues: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            batch_max,
+        }
+    }
+
+    /// Whether requests are coalesced at all (`pipeline.batch_max` > 1).
+    pub fn enabled(&self) -> bool {
+        self.batch_max > 1
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<Scope, VecDeque<Job>>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn submit(&self, request: IdempotentRequest, entry: EntryCommand, claim: Claim) -> Ticket {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let scope = (request.tenant, entry.wallet);
+        let (answer, receiver) = oneshot::channel();
+        self.queues().entry(scope).or_default().push_back(Job {
+            id,
+            request,
+            entry,
+            claim,
+            answer,
+        });
+        Ticket {
+            id,
+            scope,
+            answer: receiver,
+        }
+    }
+
+    /// The batch for the holder of `ticket`'s wallet turn: the oldest `batch_max` jobs, and the
+    /// holder's own if it is further back; empty if its job was already taken by a batch.
+    fn take(&self, ticket: &Ticket) -> Vec<Job> {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(&ticket.scope) else {
+            return Vec::new();
+        };
+        let Some(own) = queue.iter().position(|job| job.id == ticket.id) else {
+            return Vec::new();
+        };
+        let batch: Vec<Job> = if own < self.batch_max {
+            queue.drain(..self.batch_max.min(queue.len())).collect()
+        } else {
+            let mut batch: Vec<Job> = queue.drain(..self.batch_max).collect();
+            batch.extend(queue.remove(own - self.batch_max));
+            batch
+        };
+        if queue.is_empty() {
+            queues.remove(&ticket.scope);
+        }
+        batch
+    }
+
+    /// Takes a job back (its request stops waiting); `None` if a batch has it already.
+    fn withdraw(&self, ticket: &Ticket) -> Option<Job> {
+        let mut queues = self.queues();
+        let queue = queues.get_mut(&ticket.scope)?;
+        let job = queue
+            .iter()
+            .position(|job| job.id == ticket.id)
+            .and_then(|at| queue.remove(at));
+        if queue.is_empty() {
+            queues.remove(&ticket.scope);
+        }
+        job
+    }
+}
+
+/// Each job's outcome inside the batch's transaction: its answer to store, or why it alone
+/// was refused (nothing written for it).
+type Verdict = Result<StoredResponse, PipelineError>;
+
+impl Pipeline {
+    /// Layers 2 to 4 for a claimed debit or credit, coalesced with the ones queued behind the
+    /// same wallet (see the module doc).
+    pub(super) async fn execute_coalesced(
+        &self,
+        request: IdempotentRequest,
+        entry: EntryCommand,
+        claim: Claim,
+        place: QueuePlace,
+        deadline: Deadline,
+        mut clock: LayerClock<'_>,
+    ) -> Answer {
+        let mut ticket = self.coalescer.submit(request, entry, claim);
+        let turn = self.lock(place, deadline);
+        let guard = tokio::select! {
+            biased;
+            // Decided in another request's batch.
+            answer = &mut ticket.answer => return answered(answer),
+            guard = turn => guard,
+        };
+        let guard = match guard {
+            Ok(guard) => guard,
+            Err(error) => {
+                return match self.coalescer.withdraw(&ticket) {
+                    Some(job) => {
+                        job.claim.abandon().await;
+                        Err(error)
+                    }
+                    // A batch took it while this request gave up waiting: its answer stands.
+                    None => answered(ticket.answer.await),
+                };
+            }
+        };
+        clock.lap("lock");
+        let jobs = self.coalescer.take(&ticket);
+        if jobs.is_empty() {
+            guard.release().await;
+        } else {
+            self.run_batch(jobs, guard, deadline, &mut clock).await;
+        }
+        answered(ticket.answer.await)
+    }
+
+    /// Runs one batch under its wallet's lock, answers every job, then releases the lock.
+    async fn run_batch(
+        &self,
+        jobs: Vec<Job>,
+        guard: WalletLockGuard,
+        deadline: Deadline,
+        clock: &mut LayerClock<'_>,
+    ) {
+        self.metrics.record_batch(jobs.len());
+        let result = self.batch_transaction(&jobs, deadline).await;
+        clock.lap("transaction");
+        // Every job is answered before the lock and the turn are released: a request of this
+        // batch still waiting for the turn then finds its answer first (and never takes the
+        // lock for nothing), and the release is off every response path.
+        match result {
+            Ok((verdicts, changes, mark)) => {
+                let replays = jobs.iter().zip(&verdicts).filter_map(|(job, verdict)| {
+                    let stored = verdict.as_ref().ok()?;
+                    Some(self.replay_cache.store(&job.request, stored))
+                });
+                tokio::join!(self.effects.after_commit(&changes, mark), join_all(replays));
+                let metrics = &self.metrics;
+                let settled = jobs
+                    .into_iter()
+                    .zip(verdicts)
+                    .map(|(job, verdict)| async move {
+                        match verdict {
+                            Ok(stored) => {
+                                job.claim.committed();
+                                metrics.record_entry(job.entry.kind.as_str(), stored.status);
+                                let _ = job.answer.send(Ok(Outcome::Executed(stored)));
+                            }
+                            Err(error) => {
+                                job.claim.abandon().await;
+                                let _ = job.answer.send(Err(error));
+                            }
+                        }
+                    });
+                join_all(settled).await;
+            }
+            Err(error) => {
+                let failed = jobs.into_iter().map(|job| {
+                    let error = error.for_another_request();
+                    async move {
+                        job.claim.abandon().await;
+                        let _ = job.answer.send(Err(error));
+                    }
+                });
+                join_all(failed).await;
+            }
+        }
+        if guard.expired() {
+            tracing::warn!(
+                "Redis lock expired before the batch's commit; the row lock kept the ledger consistent"
+            );
+        }
+        guard.release().await;
+        clock.lap("after_commit");
+    }
+
+    /// Layers 3 and 4 for every job, in order, in one transaction (retried as a whole on a
+    /// serialization failure or deadlock, within the leader's deadline).
+    async fn batch_transaction(
+        &self,
+        jobs: &[Job],
+        deadline: Deadline,
+    ) -> Result<(Vec<Verdict>, Changes, Mark), PipelineError> {
+        let mut conn = transaction::connection(&self.db, &deadline).await?;
+        let database = &self.database;
+        transaction::within_deadline(&deadline, async {
+            let mut attempt = 1;
+            loop {
+                let outcome = conn
+                    .transaction(async |c| {
+                        transaction::bound_statements(c, &deadline, database)
+                            .await
+                            .map_err(TxError::Db)?;
+                        let mut changes = Changes::default();
+                        let mut verdicts = Vec::with_capacity(jobs.len());
+                        for job in jobs {
+                            let written = changes.events().len();
+                            let verdict =
+                                match ledger::post_entry_once(c, &job.claim, &job.entry, &mut changes)
+                                    .await
+                                {
+                                    Ok(response) => Ok(response),
+                                    Err(TxError::Rejected(reason)) => {
+                                        Err(PipelineError::Rejected(reason))
+                                    }
+                                    Err(TxError::ClaimLost(_)) => {
+                                        Err(PipelineError::IdempotencyKeyInProgress)
+                                    }
+                                    Err(failure) => return Err(failure),
+                                };
+                            // Its events (held money it found expired, its entry) and its answer.
+                            let events = &changes.events()[written..];
+                            match &verdict {
+                                Ok(response) => {
+                                    tokio::try_join!(
+                                        biased;
+                                        outbox::insert(c, events),
+                                        job.claim.complete(c, response)
+                                    )?;
+                                }
+                                Err(_) => outbox::insert(c, events).await?,
+                            }
+                            verdicts.push(verdict);
+                        }
+                        let mark = self.effects.before_commit(&changes).await;
+                        Ok::<_, TxError>((verdicts, changes, mark))
+                    })
+                    .await;
+                match outcome {
+                    Err(error) if error.retry_after_attempt(attempt, &deadline) => {
+                        tracing::info!(%error, attempt, jobs = jobs.len(), "batch transaction conflict; retrying");
+                        attempt += 1;
+                    }
+                    other => return other.map_err(PipelineError::from),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// A job's answer as its request returns it.
+fn answered(answer: Result<Answer, oneshot::error::RecvError>) -> Answer {
+    answer.unwrap_or_else(|_| {
+        Err(PipelineError::Internal(anyhow::anyhow!(
+            "the batch holding this request ended without answering it"
+        )))
+    })
+}
