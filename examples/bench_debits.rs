@@ -421,8 +421,51 @@ async fn setup(api: Api, wallet_count: usize, file: &str) {
 
 fn lag(before_file: &str, after_file: &str) {
     let read = |f: &str| parse_metrics(&std::fs::read_to_string(f).expect("metrics file"));
-    let (events, p50, p99) = publish_lag(&read(before_file), &read(after_file));
-    println!("lag_events={events} lag_p50_ms={p50} lag_p99_ms={p99}");
+    let (before, after) = (read(before_file), read(after_file));
+    let (events, p50, p99) = publish_lag(&before, &after);
+    println!(
+        "lag_events={events} lag_p50_ms={p50} lag_p99_ms={p99} layers_ms={} batch_mean={}",
+        layer_means(&before, &after),
+        batch_mean(&before, &after)
+    );
+}
+
+/// The pipeline's layers in order (walletd_pipeline_layer_seconds{layer}).
+const LAYERS: [&str; 5] = [
+    "replay_cache",
+    "claim",
+    "lock",
+    "transaction",
+    "after_commit",
+];
+
+/// Mean ms per request in each layer over the window, `layer:mean/...` ("n/a" if absent).
+fn layer_means(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
+    let means: Vec<String> = LAYERS
+        .iter()
+        .filter_map(|layer| {
+            let series =
+                |part: &str| format!("walletd_pipeline_layer_seconds_{part}{{layer=\"{layer}\"}}");
+            let sum = delta(before, after, &series("sum"))?;
+            let count = delta(before, after, &series("count"))?;
+            (count > 0.0).then(|| format!("{layer}:{:.2}", sum / count * 1e3))
+        })
+        .collect();
+    if means.is_empty() {
+        "n/a".into()
+    } else {
+        means.join("/")
+    }
+}
+
+/// Mean debits per coalesced batch over the window ("n/a" if the build has no batches).
+fn batch_mean(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
+    let sum = delta(before, after, "walletd_pipeline_batch_size_sum");
+    let count = delta(before, after, "walletd_pipeline_batch_size_count");
+    match (sum, count) {
+        (Some(sum), Some(count)) if count > 0.0 => format!("{:.2}", sum / count),
+        _ => "n/a".into(),
+    }
 }
 
 /// A small xorshift generator (the example needs no `rand`): uniform enough to pick wallets.

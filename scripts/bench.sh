@@ -278,6 +278,7 @@ run_wrk() { # name workload round -> key=value line
   curl -fsS -m 10 "${url[$t]}/metrics" >"$work/metrics.after"
   lagline=$(client lag "$work/metrics.before" "$work/metrics.after")
   line+=" $lagline"
+  echo "          $w round $3 $t: mean ms per request in each layer $(field "$lagline" layers_ms); debits per batch $(field "$lagline" batch_mean)" >>"$work/layers.notes"
   if [ "$w" != uniform ]; then
     after=$(balance "$t" "$hot")
     line+=" charged=$(charges "$before" "$after")"
@@ -419,6 +420,10 @@ for scenario in hot replay; do
     [ -n "${note[$scenario,$t]:-}" ] && echo "$(printf '%-8s' "$scenario") $t per round: ${note[$scenario,$t]%; }"
   done
 done
+if [ -f "$work/layers.notes" ]; then
+  echo "where the time goes (walletd_pipeline_layer_seconds over each run; batches: walletd_pipeline_batch_size):"
+  cat "$work/layers.notes"
+fi
 if [ -f "$work/reads.notes" ]; then
   for t in "${targets[@]}"; do
     echo "reads    $t: cache-hit $(median %.3f <<<"${hit[$t]}") (median of the rounds)"
