@@ -67,22 +67,32 @@ const LOCK_WAIT_MARGIN_MS: u64 = 50;
 /// The first statement of every pipeline transaction: no statement runs longer than the time
 /// left nor `database.statement_timeout_ms`, and no row lock is waited for longer than that nor
 /// `database.lock_timeout_ms`. (These bound each statement; [`within_deadline`] bounds the
-/// whole transaction.)
+/// whole transaction.) Every pooled session already has the configured timeouts, so while the
+/// time left exceeds them (most requests) there is nothing to tighten and no statement is sent.
 pub async fn bound_statements(
     conn: &mut PgConn,
     deadline: &Deadline,
     database: &DatabaseSettings,
 ) -> Result<(), diesel::result::Error> {
-    let left_ms = deadline.remaining_ms();
+    let Some(tightened) = tightened_timeouts(deadline.remaining_ms(), database) else {
+        return Ok(());
+    };
+    conn.batch_execute(&tightened).await
+}
+
+/// `SET LOCAL` for timeouts shorter than the session's, if the time left calls for them.
+fn tightened_timeouts(left_ms: u64, database: &DatabaseSettings) -> Option<String> {
     let statement_ms = database.statement_timeout_ms.min(left_ms).max(1);
     let lock_wait_ms = database
         .lock_timeout_ms
         .min(left_ms.saturating_sub(LOCK_WAIT_MARGIN_MS))
         .max(1);
-    conn.batch_execute(&format!(
+    if statement_ms == database.statement_timeout_ms && lock_wait_ms == database.lock_timeout_ms {
+        return None;
+    }
+    Some(format!(
         "SET LOCAL statement_timeout = {statement_ms}; SET LOCAL lock_timeout = {lock_wait_ms}"
     ))
-    .await
 }
 
 /// Runs a whole transaction (all its attempts) within the deadline. Past it the future is
@@ -107,5 +117,42 @@ impl From<TxError> for PipelineError {
             TxError::Rejected(reason) => PipelineError::Rejected(reason),
             TxError::Render(error) => PipelineError::Internal(error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn database(statement_timeout_ms: u64, lock_timeout_ms: u64) -> DatabaseSettings {
+        let mut settings = crate::config::Settings::load(std::path::Path::new("config"))
+            .expect("the default config loads")
+            .database;
+        settings.statement_timeout_ms = statement_timeout_ms;
+        settings.lock_timeout_ms = lock_timeout_ms;
+        settings
+    }
+
+    #[test]
+    fn timeouts_are_tightened_only_when_the_time_left_is_shorter() {
+        let db = database(5000, 3000);
+        assert_eq!(
+            tightened_timeouts(9000, &db),
+            None,
+            "the session's own bound it"
+        );
+        assert_eq!(tightened_timeouts(5000, &db), None);
+        assert_eq!(
+            tightened_timeouts(4999, &db).as_deref(),
+            Some("SET LOCAL statement_timeout = 4999; SET LOCAL lock_timeout = 3000")
+        );
+        assert_eq!(
+            tightened_timeouts(3049, &db).as_deref(),
+            Some("SET LOCAL statement_timeout = 3049; SET LOCAL lock_timeout = 2999")
+        );
+        assert_eq!(
+            tightened_timeouts(20, &db).as_deref(),
+            Some("SET LOCAL statement_timeout = 20; SET LOCAL lock_timeout = 1")
+        );
     }
 }
