@@ -85,7 +85,9 @@ impl Metrics {
                 "Time a mutating request spends in each layer of the pipeline, in order: \
                  replay_cache (Redis), claim (resolve, queue place, key claim in Postgres), \
                  lock (Redlock wait), transaction (row-locked, to COMMIT), after_commit \
-                 (lock release, cache store, replay-cache store, overlapped)",
+                 (cache store and replay-cache store overlapped, then the lock release); \
+                 batched: a debit or credit decided in another request's batch, from its \
+                 claim to its answer",
             )
             .buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,

@@ -7,14 +7,20 @@
 //! wallet as the entries before it left it, its own seq, hash, stored answer and event. A
 //! decline is that request's stored answer and touches no other entry; a request refused
 //! against the locked row (a credit past the maximum balance) or whose claim was lost is
-//! answered alone and writes nothing. Only a failure of the transaction itself (the database
-//! down, a conflict that outlived its retries) fails the whole batch, and then every request
-//! in it frees its key, as a single request would, so each retry executes afresh.
+//! answered alone and writes no entry (holds it found expired are released all the same, with
+//! their events). A batch that fails as a whole for a reason of its own (a row the database
+//! refused, a bug) is run again one request at a time under the same lock, so one bad request
+//! fails alone; one that fails because the database is unreachable or too slow fails every
+//! request in it, and each frees its key, as a single request would, so each retry executes
+//! afresh.
 //!
 //! Bounded: a batch holds at most `pipeline.batch_max` requests (plus its leader, if more were
 //! queued ahead of it), its leader never waits for more to arrive (a batch is whatever queued
-//! while the wallet was busy), and every request keeps its place in the wallet's local queue
-//! (`pipeline.wallet_queue_depth_max`) until it is answered.
+//! while the wallet was busy), and it runs within the earliest deadline of its requests, so no
+//! request's key is executed past its own deadline (which is shorter than its lease). A request
+//! keeps its place in the wallet's local queue (`pipeline.wallet_queue_depth_max`) while it
+//! waits; one that stops waiting after a batch took it gets that batch's answer, bounded by the
+//! batch's deadline.
 //!
 //! Who runs a batch: every request queues its job, then waits for its wallet's turn (the local
 //! queue, then the Redis lock) *or* its answer, whichever comes first. The request that gets
@@ -25,6 +31,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use diesel_async::AsyncConnection;
 use futures_util::future::join_all;
@@ -54,6 +61,7 @@ struct Job {
     request: IdempotentRequest,
     entry: EntryCommand,
     claim: Claim,
+    deadline: Deadline,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -89,7 +97,13 @@ impl Coalescer {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn submit(&self, request: IdempotentRequest, entry: EntryCommand, claim: Claim) -> Ticket {
+    fn submit(
+        &self,
+        request: IdempotentRequest,
+        entry: EntryCommand,
+        claim: Claim,
+        deadline: Deadline,
+    ) -> Ticket {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let scope = (request.tenant, entry.wallet);
         let (answer, receiver) = oneshot::channel();
@@ -98,6 +112,7 @@ impl Coalescer {
             request,
             entry,
             claim,
+            deadline,
             answer,
         });
         Ticket {
@@ -146,8 +161,11 @@ impl Coalescer {
 }
 
 /// Each job's outcome inside the batch's transaction: its answer to store, or why it alone
-/// was refused (nothing written for it).
+/// was refused (no entry written for it).
 type Verdict = Result<StoredResponse, PipelineError>;
+
+/// A committed batch: each job's verdict, what changed, and the cache mark made before COMMIT.
+type Decided = (Vec<Verdict>, Changes, Mark);
 
 impl Pipeline {
     /// Layers 2 to 4 for a claimed debit or credit, coalesced with the ones queued behind the
@@ -161,12 +179,17 @@ impl Pipeline {
         deadline: Deadline,
         mut clock: LayerClock<'_>,
     ) -> Answer {
-        let mut ticket = self.coalescer.submit(request, entry, claim);
+        let mut ticket = self.coalescer.submit(request, entry, claim, deadline);
+        let waiting = Instant::now();
         let turn = self.lock(place, deadline);
         let guard = tokio::select! {
             biased;
             // Decided in another request's batch.
-            answer = &mut ticket.answer => return answered(answer),
+            answer = &mut ticket.answer => {
+                self.metrics.record_lock_wait(waiting.elapsed(), "batched");
+                clock.lap("batched");
+                return answered(answer);
+            }
             guard = turn => guard,
         };
         let guard = match guard {
@@ -187,61 +210,34 @@ impl Pipeline {
         if jobs.is_empty() {
             guard.release().await;
         } else {
-            self.run_batch(jobs, guard, deadline, &mut clock).await;
+            self.run_batch(jobs, guard, &mut clock).await;
         }
         answered(ticket.answer.await)
     }
 
     /// Runs one batch under its wallet's lock, answers every job, then releases the lock.
-    async fn run_batch(
-        &self,
-        jobs: Vec<Job>,
-        guard: WalletLockGuard,
-        deadline: Deadline,
-        clock: &mut LayerClock<'_>,
-    ) {
+    /// Every job is answered before the lock and the turn are released: a request of this
+    /// batch still waiting for the turn then finds its answer first (and never takes the lock
+    /// for nothing), and the release is off every response path.
+    async fn run_batch(&self, jobs: Vec<Job>, guard: WalletLockGuard, clock: &mut LayerClock<'_>) {
         self.metrics.record_batch(jobs.len());
-        let result = self.batch_transaction(&jobs, deadline).await;
+        let result = self.batch_transaction(&jobs).await;
         clock.lap("transaction");
-        // Every job is answered before the lock and the turn are released: a request of this
-        // batch still waiting for the turn then finds its answer first (and never takes the
-        // lock for nothing), and the release is off every response path.
         match result {
-            Ok((verdicts, changes, mark)) => {
-                let replays = jobs.iter().zip(&verdicts).filter_map(|(job, verdict)| {
-                    let stored = verdict.as_ref().ok()?;
-                    Some(self.replay_cache.store(&job.request, stored))
-                });
-                tokio::join!(self.effects.after_commit(&changes, mark), join_all(replays));
-                let metrics = &self.metrics;
-                let settled = jobs
-                    .into_iter()
-                    .zip(verdicts)
-                    .map(|(job, verdict)| async move {
-                        match verdict {
-                            Ok(stored) => {
-                                job.claim.committed();
-                                metrics.record_entry(job.entry.kind.as_str(), stored.status);
-                                let _ = job.answer.send(Ok(Outcome::Executed(stored)));
-                            }
-                            Err(error) => {
-                                job.claim.abandon().await;
-                                let _ = job.answer.send(Err(error));
-                            }
-                        }
-                    });
-                join_all(settled).await;
-            }
-            Err(error) => {
-                let failed = jobs.into_iter().map(|job| {
-                    let error = error.for_another_request();
-                    async move {
-                        job.claim.abandon().await;
-                        let _ = job.answer.send(Err(error));
+            Ok(decided) => self.settle(jobs, decided).await,
+            // The batch's own fault, not the database's: one request at a time, so the one
+            // that caused it fails alone.
+            Err(error) if jobs.len() > 1 && !error.is_transient() => {
+                tracing::warn!(%error, jobs = jobs.len(), "batch failed; running its requests one at a time");
+                for job in jobs {
+                    let alone = [job];
+                    match self.batch_transaction(&alone).await {
+                        Ok(decided) => self.settle(Vec::from(alone), decided).await,
+                        Err(error) => fail(Vec::from(alone), &error).await,
                     }
-                });
-                join_all(failed).await;
+                }
             }
+            Err(error) => fail(jobs, &error).await,
         }
         if guard.expired() {
             tracing::warn!(
@@ -252,13 +248,40 @@ impl Pipeline {
         clock.lap("after_commit");
     }
 
+    /// After a batch committed: the cache and relay effects and the replay-cache copies, then
+    /// each job's claim settled and its answer sent.
+    async fn settle(&self, jobs: Vec<Job>, (verdicts, changes, mark): Decided) {
+        let replays = jobs.iter().zip(&verdicts).filter_map(|(job, verdict)| {
+            let stored = verdict.as_ref().ok()?;
+            Some(self.replay_cache.store(&job.request, stored))
+        });
+        tokio::join!(self.effects.after_commit(&changes, mark), join_all(replays));
+        let metrics = &self.metrics;
+        let settled = jobs
+            .into_iter()
+            .zip(verdicts)
+            .map(|(job, verdict)| async move {
+                match verdict {
+                    Ok(stored) => {
+                        job.claim.committed();
+                        metrics.record_entry(job.entry.kind.as_str(), stored.status);
+                        let _ = job.answer.send(Ok(Outcome::Executed(stored)));
+                    }
+                    Err(error) => {
+                        job.claim.abandon().await;
+                        let _ = job.answer.send(Err(error));
+                    }
+                }
+            });
+        join_all(settled).await;
+    }
+
     /// Layers 3 and 4 for every job, in order, in one transaction (retried as a whole on a
     /// serialization failure or deadlock, within the leader's deadline).
-    async fn batch_transaction(
-        &self,
-        jobs: &[Job],
-        deadline: Deadline,
-    ) -> Result<(Vec<Verdict>, Changes, Mark), PipelineError> {
+    async fn batch_transaction(&self, jobs: &[Job]) -> Result<Decided, PipelineError> {
+        let Some(deadline) = jobs.iter().map(|job| job.deadline).reduce(Deadline::min) else {
+            return Ok((Vec::new(), Changes::default(), Mark::Off));
+        };
         let mut conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
         transaction::within_deadline(&deadline, async {
@@ -315,6 +338,18 @@ impl Pipeline {
         })
         .await
     }
+}
+
+/// A batch that did not commit: every job frees its key and gets the failure.
+async fn fail(jobs: Vec<Job>, error: &PipelineError) {
+    let failed = jobs.into_iter().map(|job| {
+        let error = error.for_another_request();
+        async move {
+            job.claim.abandon().await;
+            let _ = job.answer.send(Err(error));
+        }
+    });
+    join_all(failed).await;
 }
 
 /// A job's answer as its request returns it.

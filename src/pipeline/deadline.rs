@@ -30,6 +30,11 @@ impl Deadline {
         self.at
     }
 
+    /// The earlier of two deadlines.
+    pub fn min(self, other: Deadline) -> Deadline {
+        if other.at < self.at { other } else { self }
+    }
+
     /// Time left, zero once passed.
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())

@@ -349,6 +349,8 @@ impl Claim {
             keys::lease_expires_at.eq(None::<DateTime<Utc>>),
             keys::response_status.eq(status),
             keys::response_body.eq(&response.body),
+            // The transaction's start (the same for every request of a batch): retention
+            // only needs the day.
             keys::completed_at.eq(now),
         ))
         .execute(&mut conn)

@@ -346,6 +346,7 @@ impl WalletLocks {
                     token,
                     validity,
                     local,
+                    !failed.is_empty(),
                 ));
             }
             if granted > 0 {
@@ -462,6 +463,9 @@ struct HeldLock {
     contended: String,
     token: String,
     valid_until: Instant,
+    /// A node did not answer the winning attempt: it may apply our `SET` after the release
+    /// below, so the release is repeated a little later (by our token: never anyone else's).
+    late_set_possible: bool,
 }
 
 impl HeldLock {
@@ -470,6 +474,10 @@ impl HeldLock {
             .locks
             .release_everywhere(&self.key, &self.contended, &self.token)
             .await;
+        if self.late_set_possible {
+            self.locks
+                .release_late(&self.key, &self.contended, &self.token);
+        }
         if let Some(local) = local {
             self.locks.hand_off(local, contended);
         }
@@ -484,6 +492,7 @@ impl WalletLockGuard {
         token: String,
         validity: Duration,
         local: LocalTurn,
+        late_set_possible: bool,
     ) -> Self {
         Self {
             held: Some(HeldLock {
@@ -492,6 +501,7 @@ impl WalletLockGuard {
                 contended,
                 token,
                 valid_until: Instant::now() + validity,
+                late_set_possible,
             }),
             mode: LockMode::Redlock,
             local: Some(local),

@@ -285,8 +285,9 @@ impl Pipeline {
                 }
             },
         };
-
-        clock.lap("lock");
+        if guard.is_some() {
+            clock.lap("lock");
+        }
 
         // 3 + 4. Row lock, key re-claim, the command's decision, one commit (with the events
         // of what changed, and the wallet's cache entry marked pending before it).

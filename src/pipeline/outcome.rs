@@ -161,6 +161,16 @@ impl PipelineError {
         }
     }
 
+    /// Whether the failure is the database's or the moment's (unreachable, too slow, the
+    /// wallet busy), not something about the request: running it again right away would meet
+    /// it again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Unavailable(_) | PipelineError::LockTimeout
+        )
+    }
+
     /// The same failure for another request it befell (each request of a failed batch gets
     /// one); the cause is kept as text.
     pub fn for_another_request(&self) -> Self {

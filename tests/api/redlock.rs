@@ -47,7 +47,6 @@ fn lock_key(app: &TestApp, wallet: &str) -> String {
     )
 }
 
-/// `walletd_lock_wait_seconds_count{outcome="…"}` from /metrics (0 when absent).
 /// Batches of debits and credits so far: (batches, requests in them).
 async fn batches(app: &TestApp) -> (f64, f64) {
     (
@@ -56,6 +55,7 @@ async fn batches(app: &TestApp) -> (f64, f64) {
     )
 }
 
+/// `walletd_lock_wait_seconds_count{outcome="…"}` from /metrics (0 when absent).
 async fn lock_outcomes(app: &TestApp, outcome: &str) -> u64 {
     app.metric(
         "walletd_lock_wait_seconds_count",
