@@ -6,7 +6,8 @@
 //! costs a request at most that long, never a hang.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use redis::AsyncConnectionConfig;
@@ -32,6 +33,33 @@ pub enum RedisCallError {
     },
     #[error("{node} did not answer within {timeout_ms} ms")]
     Timeout { node: String, timeout_ms: u128 },
+    #[error("{node} is not tried again for {retry_in_ms} ms after a connect that did not finish")]
+    Backoff { node: String, retry_in_ms: u128 },
+}
+
+/// After a connect is started, no other is for this long, whatever became of it: a node that
+/// accepts TCP but does not answer (frozen) costs one connect per period, not one per command.
+const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Timeouts in a row on one connection before it is dropped for a new one. One slow command
+/// does not break the connection every other command shares; a connection that stopped
+/// answering (a half-open socket, a node restarted behind a proxy) is replaced.
+const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+
+/// The shared connection, numbered so that a failure forgets only the connection it met.
+#[derive(Clone)]
+struct Shared {
+    generation: u64,
+    conn: MultiplexedConnection,
+    timeouts_in_a_row: Arc<AtomicU32>,
+}
+
+#[derive(Default)]
+struct Slot {
+    connection: Option<Shared>,
+    /// No connect is started before this.
+    next_connect_at: Option<Instant>,
+    generations: u64,
 }
 
 pub struct RedisNode {
@@ -42,7 +70,7 @@ pub struct RedisNode {
     /// The node's one multiplexed connection, made on first use and replaced after it failed.
     /// Concurrent commands are pipelined on it, so a command costs one round trip: no
     /// checkout, no health check per call (a pool's recycle PING was one more round trip).
-    connection: Mutex<Option<MultiplexedConnection>>,
+    slot: Mutex<Slot>,
 }
 
 impl RedisNode {
@@ -59,7 +87,7 @@ impl RedisNode {
             label,
             client,
             command_timeout: ms(settings.command_timeout_ms),
-            connection: Mutex::new(None),
+            slot: Mutex::default(),
         })
     }
 
@@ -81,42 +109,67 @@ impl RedisNode {
     }
 
     /// Runs one command with its own timeout (a bulk publish, a blocking read). A command that
-    /// timed out or broke the connection drops it: the next call connects afresh.
+    /// broke the connection drops it, as do [`TIMEOUTS_BEFORE_RECONNECT`] timeouts in a row:
+    /// a later call connects afresh.
     pub async fn call_within<T: redis::FromRedisValue>(
         &self,
         timeout: Duration,
         build: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, RedisCallError> {
+        let mut used: Option<Shared> = None;
         let attempt = async {
-            let mut conn = self.connection().await?;
-            build(&mut conn).await.map_err(|source| {
-                if source.is_unrecoverable_error() || source.is_io_error() {
-                    self.forget_connection();
+            let shared = self.connection().await?;
+            let mut conn = shared.conn.clone();
+            used = Some(shared.clone());
+            match build(&mut conn).await {
+                Ok(value) => {
+                    shared.timeouts_in_a_row.store(0, Ordering::Relaxed);
+                    Ok(value)
                 }
-                RedisCallError::Command {
-                    node: self.label.clone(),
-                    source,
+                Err(source) => {
+                    if source.is_unrecoverable_error() || source.is_io_error() {
+                        self.forget(shared.generation);
+                    }
+                    Err(RedisCallError::Command {
+                        node: self.label.clone(),
+                        source,
+                    })
                 }
-            })
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.forget_connection();
-                Err(RedisCallError::Timeout {
-                    node: self.label.clone(),
-                    timeout_ms: timeout.as_millis(),
-                })
             }
-        }
+        };
+        let result = tokio::time::timeout(timeout, attempt).await;
+        result.unwrap_or_else(|_| {
+            if let Some(shared) = used {
+                let in_a_row = shared.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                if in_a_row >= TIMEOUTS_BEFORE_RECONNECT {
+                    self.forget(shared.generation);
+                }
+            }
+            Err(RedisCallError::Timeout {
+                node: self.label.clone(),
+                timeout_ms: timeout.as_millis(),
+            })
+        })
     }
 
-    /// The shared connection, connecting if there is none (bounded by the caller's timeout).
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisCallError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+    /// The shared connection, connecting if there is none and none was started within
+    /// [`CONNECT_BACKOFF`] (bounded by the caller's timeout; a connect cut short by it still
+    /// counts, so waiting callers do not each start one).
+    async fn connection(&self) -> Result<Shared, RedisCallError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(shared) = &slot.connection {
+            return Ok(shared.clone());
         }
+        let now = Instant::now();
+        if let Some(at) = slot.next_connect_at
+            && now < at
+        {
+            return Err(RedisCallError::Backoff {
+                node: self.label.clone(),
+                retry_in_ms: (at - now).as_millis(),
+            });
+        }
+        slot.next_connect_at = Some(now + CONNECT_BACKOFF);
         // Our own timeouts bound every command; the crate's would cut a blocking read short.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.command_timeout))
@@ -129,14 +182,27 @@ impl RedisNode {
                 node: self.label.clone(),
                 source,
             })?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        slot.generations += 1;
+        let shared = Shared {
+            generation: slot.generations,
+            conn,
+            timeouts_in_a_row: Arc::default(),
+        };
+        slot.connection = Some(shared.clone());
+        slot.next_connect_at = None;
+        Ok(shared)
     }
 
-    /// Drops the shared connection (if nobody is connecting right now; then that one is new).
-    fn forget_connection(&self) {
-        if let Ok(mut slot) = self.connection.try_lock() {
-            *slot = None;
+    /// Drops the shared connection if it is still the one of `generation` (a newer one is
+    /// kept). Skipped if someone is connecting right now: that connection is new anyway.
+    fn forget(&self, generation: u64) {
+        if let Ok(mut slot) = self.slot.try_lock()
+            && slot
+                .connection
+                .as_ref()
+                .is_some_and(|shared| shared.generation == generation)
+        {
+            slot.connection = None;
         }
     }
 

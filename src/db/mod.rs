@@ -77,13 +77,46 @@ async fn establish(
     session_setup: &str,
 ) -> diesel::ConnectionResult<AsyncPgConnection> {
     let timed_out = || diesel::ConnectionError::BadConnection("connect timed out".into());
-    let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(url))
+    let url = with_socket_bounds(url);
+    let mut conn = tokio::time::timeout(connect_timeout, AsyncPgConnection::establish(&url))
         .await
         .map_err(|_| timed_out())??;
     conn.batch_execute(session_setup)
         .await
         .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
     Ok(conn)
+}
+
+/// Socket-level bounds for pooled connections, unless the URL sets its own: a connection whose
+/// peer vanished without a reset (a failover, a partition) fails within seconds instead of
+/// stalling every request that checks it out until the kernel gives up (about 15 minutes).
+/// The pool's cheap recycle does not probe connections, so this is what finds the dead ones.
+/// (`tcp_user_timeout` bounds unacknowledged data; keepalives probe idle connections.)
+const SOCKET_BOUNDS: [(&str, &str); 4] = [
+    ("tcp_user_timeout", "10"),
+    ("keepalives_idle", "10"),
+    ("keepalives_interval", "5"),
+    ("keepalives_retries", "3"),
+];
+
+fn with_socket_bounds(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // The key=value form: later keys win, so append only the missing ones.
+        let mut text = url.to_owned();
+        for (key, value) in SOCKET_BOUNDS {
+            if !url.contains(key) {
+                text.push_str(&format!(" {key}={value}"));
+            }
+        }
+        return text;
+    };
+    let present: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    for (key, value) in SOCKET_BOUNDS {
+        if !present.iter().any(|k| k == key) {
+            parsed.query_pairs_mut().append_pair(key, value);
+        }
+    }
+    parsed.into()
 }
 
 /// Applies pending migrations. Needs tokio's multi-threaded runtime (the harness blocks in
@@ -222,5 +255,24 @@ pub fn redact(url: &str) -> String {
         }
         Ok(parsed) => parsed.to_string(),
         Err(_) => "<unparsable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_socket_bounds;
+
+    #[test]
+    fn socket_bounds_are_added_unless_the_url_sets_them() {
+        assert_eq!(
+            with_socket_bounds("postgres://u@h:5432/db?keepalives_idle=30"),
+            "postgres://u@h:5432/db?keepalives_idle=30&tcp_user_timeout=10\
+             &keepalives_interval=5&keepalives_retries=3"
+        );
+        assert_eq!(
+            with_socket_bounds("host=h dbname=db tcp_user_timeout=2"),
+            "host=h dbname=db tcp_user_timeout=2 keepalives_idle=10 keepalives_interval=5 \
+             keepalives_retries=3"
+        );
     }
 }
