@@ -5,7 +5,6 @@
 //! Each test makes the interleaving certain: a first debit's COMMIT is slowed by a deferred
 //! trigger, and the others are sent and seen claimed (queued behind the wallet) before it ends.
 
-use diesel_async::SimpleAsyncConnection;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -193,18 +192,8 @@ async fn a_batch_that_cannot_commit_fails_only_the_request_that_caused_it() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    app.db()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN RAISE EXCEPTION 'refused at commit by the test'; END $$;
-             CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON ledger_entries
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-                 WHEN (NEW.reference = 'doomed')
-                 EXECUTE FUNCTION refuse_at_commit();",
-        )
-        .await
-        .unwrap();
+    app.refuse_commits("ledger_entries", "NEW.reference = 'doomed'")
+        .await;
     let mut bodies: Vec<Value> = (0..5).map(|_| debit_body("2.00")).collect();
     bodies.insert(
         2,
@@ -223,11 +212,7 @@ async fn a_batch_that_cannot_commit_fails_only_the_request_that_caused_it() {
     assert_eq!(batches_since(&app, before).await, (2.0, 7.0));
     assert_eq!(app.wallet(&wallet).await["balance"], "89.00");
 
-    app.db()
-        .await
-        .batch_execute("DROP TRIGGER refuse_at_commit ON ledger_entries")
-        .await
-        .unwrap();
+    app.stop_refusing_commits("ledger_entries").await;
     let (_, _, doomed_key) = &rest[2];
     let path = format!("/v1/wallets/{wallet}/debit");
     let retried = app.post_until_decided(&path, doomed_key, &bodies[2]).await;

@@ -227,6 +227,31 @@ impl TestApp {
             .unwrap();
     }
 
+    /// From now on, every COMMIT that inserted a row of `table` matching `condition` (SQL over
+    /// `NEW`) is refused by a deferred trigger of this app's database, after every statement of
+    /// the transaction succeeded. Undo with [`TestApp::stop_refusing_commits`].
+    pub async fn refuse_commits(&self, table: &str, condition: &str) {
+        self.db()
+            .await
+            .batch_execute(&format!(
+                "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN RAISE EXCEPTION 'refused at commit by the test'; END $$;
+                 CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON {table}
+                     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN ({condition})
+                     EXECUTE FUNCTION refuse_at_commit();"
+            ))
+            .await
+            .unwrap();
+    }
+
+    pub async fn stop_refusing_commits(&self, table: &str) {
+        self.db()
+            .await
+            .batch_execute(&format!("DROP TRIGGER refuse_at_commit ON {table}"))
+            .await
+            .unwrap();
+    }
+
     /// A connection to this app's first Redis node (its stream and cache live there).
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.settings.redis.urls[0].as_str())

@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use diesel_async::SimpleAsyncConnection;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -256,18 +255,8 @@ async fn an_event_of_a_transaction_that_rolls_back_is_never_published() {
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    app.db()
-        .await
-        .batch_execute(
-            "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN RAISE EXCEPTION 'refused at commit by the test'; END $$;
-             CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON outbox_events
-                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-                 WHEN (NEW.payload LIKE '%roll-me-back%')
-                 EXECUTE FUNCTION refuse_at_commit();",
-        )
-        .await
-        .unwrap();
+    app.refuse_commits("outbox_events", "NEW.payload LIKE '%roll-me-back%'")
+        .await;
     let body = json!({"amount": "10.00", "currency": "EUR", "reference": "roll-me-back"});
     let refused = app
         .post(&format!("/v1/wallets/{wallet}/debit"), &new_key(), &body)
