@@ -21,6 +21,12 @@
 #            the storm would cost if every request were executed.
 #   reads    (walletd only) READERS readers doing READS GET /v1/wallets/{id} each over
 #            READ_WALLETS wallets while WRITERS writers debit them; balance cache hit ratio
+#   sql      (not in the default list; needs the new target) where the uniform gap is: pgbench
+#            only, interleaved: the raw debit (A), then walletd's own statements for one debit on
+#            walletd's schema with its triggers (scripts/bench/walletd_two_commits.sql: the claim
+#            committed on its own, then the row-locked transaction, as walletd runs them), and
+#            the same with the claim inside the transaction (walletd_one_commit.sql: what one
+#            commit would give). Run on the new target's database, its wallets, its relay.
 #   fixed rate (after the rounds; FIXED_RATE=0 skips it): RATE_FRACTION (0.5) x the median
 #            uniform req/s of the new build, for RATE_DURATION seconds, open loop (a debit is due
 #            every 1/rate s whatever happened to the earlier ones; latency from the time it was
@@ -83,7 +89,7 @@ for n in DURATION CONNECTIONS ROUNDS WALLETS THREADS RATE_DURATION; do
 done
 [ "$THREADS" -gt "$CONNECTIONS" ] && THREADS=$CONNECTIONS # wrk and pgbench need threads <= connections
 for s in $SCENARIOS; do
-  case $s in uniform|hot|replay|reads) ;; *) die "unknown scenario $s (uniform hot replay reads)";; esac
+  case $s in uniform|hot|replay|reads|sql) ;; *) die "unknown scenario $s (uniform hot replay reads sql)";; esac
 done
 
 # --- tools ----------------------------------------------------------------------------------
@@ -231,11 +237,12 @@ pct() { # p (0..1) of the numbers (µs) on stdin, in ms; the same rank rule as t
   sort -n | awk -v p="$1" '{v[NR]=$1} END {if (NR==0) {print "n/a"; exit}
     i=int((NR-1)*p+0.5)+1; printf "%.2f\n", v[i]/1000}'
 }
-run_pgbench() { # workload -> key=value line
+run_pgbench() { # workload [script database] -> key=value line
   local log="$work/pglog" out tps ok failed lat bad="-"
+  local script=${2:-$work/$1.sql} db=${3:-walletd_bench_sql}
   rm -f "$log".*
-  out=$(timeout "$run_timeout" pgbench "$PG/walletd_bench_sql" -n -M prepared -c "$CONNECTIONS" \
-    -j "$THREADS" -T "$DURATION" -f "$work/$1.sql" -l --log-prefix="$log" 2>&1) || true
+  out=$(timeout "$run_timeout" pgbench "$PG/$db" -n -M prepared -c "$CONNECTIONS" \
+    -j "$THREADS" -T "$DURATION" -D wallets="$WALLETS" -f "$script" -l --log-prefix="$log" 2>&1) || true
   tps=$(sed -nE 's/^tps = ([0-9.]+).*/\1/p' <<<"$out" | head -1)
   ok=$(sed -nE 's/^number of transactions actually processed: ([0-9]+).*/\1/p' <<<"$out")
   failed=$(sed -nE 's/^number of failed transactions: ([0-9]+).*/\1/p' <<<"$out")
@@ -386,6 +393,27 @@ for scenario in $SCENARIOS; do
         done
       done
       ;;
+    sql)
+      [ "${targets[0]:-}" = new ] || die "the sql workload needs the new target"
+      psql_do walletd_bench_new -c "DROP TABLE IF EXISTS bench_ids" -c \
+        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id, tenant_id FROM wallets" \
+        -c "CREATE UNIQUE INDEX ON bench_ids (n)"
+      [ "$(psql_do walletd_bench_new -c 'SELECT count(*) FROM bench_ids')" = "$WALLETS" ] \
+        || die "sql: walletd_bench_new does not hold $WALLETS wallets"
+      echo
+      printf '%-8s %5s %-12s %9s %7s %7s %7s %-16s %7s\n' sql round statements tps p50 p90 p99 failed x/raw
+      for round in $(seq 1 "$ROUNDS"); do
+        for v in raw two_commits one_commit; do
+          if [ "$v" = raw ]; then line=$(run_pgbench uniform)
+          else line=$(run_pgbench sql "$root/scripts/bench/walletd_$v.sql" walletd_bench_new); fi
+          r=$(field "$line" rps); [ "$v" = raw ] && round_pg=$r
+          rps[sql,$v]+=" $r"
+          printf '%-8s %5s %-12s %9.1f %7s %7s %7s %-16s %7s\n' "" "$round" "$v" "$r" "$(field "$line" p50_ms)" \
+            "$(field "$line" p90_ms)" "$(field "$line" p99_ms)" "$(field "$line" non2xx)" \
+            "$( [ "$v" = raw ] && echo - || ratio "$r" "$round_pg")"
+        done
+      done
+      ;;
   esac
 done
 
@@ -395,6 +423,7 @@ echo "non-2xx: summed over the rounds; RSS MB: max over the rounds; B/A and B/${
 printf '%-8s %-8s %9s %7s %7s %7s %-16s %7s %7s %6s %6s %7s %7s\n' workload target 'req/s' p50 p90 p99 non-2xx \
   B/A "B/${targets[1]:-base}" rss hwm lag50 lag99
 for scenario in $SCENARIOS; do
+  [ "$scenario" = sql ] && continue
   names=("${targets[@]}"); [ "$scenario" != reads ] && names=(pgbench "${targets[@]}")
   for t in "${names[@]}"; do
     m=$(median <<<"${rps[$scenario,$t]:-}")
@@ -414,6 +443,14 @@ if [[ " $SCENARIOS " == *" uniform "* ]]; then
     if [ "$u" = - ]; then echo "uniform  $t: no non-2xx (0 expected)"
     else echo "uniform  $t: non-2xx $u (0 expected)"; fi
   done
+fi
+if [[ " $SCENARIOS " == *" sql "* ]]; then
+  raw=$(median <<<"${rps[sql,raw]}") two=$(median <<<"${rps[sql,two_commits]}") one=$(median <<<"${rps[sql,one_commit]}")
+  echo "sql      median tps: raw $raw; walletd's statements $two ($(ratio "$two" "$raw") x raw), with one commit $one ($(ratio "$one" "$raw") x raw)"
+  if [[ " $SCENARIOS " == *" uniform "* ]]; then
+    b=$(median <<<"${rps[uniform,new]:-}")
+    echo "sql      walletd over HTTP (uniform) / its own statements through pgbench: $(ratio "$b" "$two")"
+  fi
 fi
 for scenario in hot replay; do
   for t in "${targets[@]}"; do

@@ -15,7 +15,7 @@ command -v perf >/dev/null || { echo "profile: perf is not installed (apt-get in
 work=$(mktemp -d /tmp/walletd-profile.XXXXXX)
 trap 'kill "$bench" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
-DURATION=$((SAMPLE_S + 12)) ROUNDS=1 SCENARIOS=uniform FIXED_RATE=0 BASELINE_BIN= \
+DURATION=$((SAMPLE_S + 12)) ROUNDS=1 SCENARIOS=uniform FIXED_RATE=0 BASELINE_BIN='' \
   scripts/bench.sh >"$work/bench.out" 2>&1 &
 bench=$!
 # The uniform round starts with pgbench; sample once wrk (walletd's turn) has run for 2 s.
