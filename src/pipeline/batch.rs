@@ -65,6 +65,14 @@ struct Job {
     answer: oneshot::Sender<Answer>,
 }
 
+impl Job {
+    /// Answers the job with a failure: its key is freed (nothing was stored for it).
+    async fn refuse(self, error: PipelineError) {
+        self.claim.abandon().await;
+        let _ = self.answer.send(Err(error));
+    }
+}
+
 /// A queued job's receipt: how its request learns its answer, or takes its job back.
 struct Ticket {
     id: u64,
@@ -267,10 +275,7 @@ impl Pipeline {
                         metrics.record_entry(job.entry.kind.as_str(), stored.status);
                         let _ = job.answer.send(Ok(Outcome::Executed(stored)));
                     }
-                    Err(error) => {
-                        job.claim.abandon().await;
-                        let _ = job.answer.send(Err(error));
-                    }
+                    Err(error) => job.refuse(error).await,
                 }
             });
         join_all(settled).await;
@@ -342,13 +347,9 @@ impl Pipeline {
 
 /// A batch that did not commit: every job frees its key and gets the failure.
 async fn fail(jobs: Vec<Job>, error: &PipelineError) {
-    let failed = jobs.into_iter().map(|job| {
-        let error = error.for_another_request();
-        async move {
-            job.claim.abandon().await;
-            let _ = job.answer.send(Err(error));
-        }
-    });
+    let failed = jobs
+        .into_iter()
+        .map(|job| job.refuse(error.for_another_request()));
     join_all(failed).await;
 }
 
