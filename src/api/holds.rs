@@ -21,6 +21,7 @@ use super::state::AppState;
 use super::wallets::REFERENCE_CHARS_MAX;
 use crate::auth::Caller;
 use crate::db::models::HoldRow;
+use crate::db::routes;
 use crate::db::schema::holds;
 use crate::domain::{
     BoundedText, Currency, HoldId, IdempotencyKey, Money, PendingAmount, Scope, WalletId,
@@ -182,9 +183,14 @@ pub async fn get_hold(
     caller.require(Scope::WalletsRead)?;
     let hold = HoldId::parse(&id).ok_or(ApiError::HoldNotFound)?;
     let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
+    let tenant = caller.tenant.as_uuid();
+    let wallet = routes::wallet_of(&mut conn, tenant, hold.as_uuid())
+        .await
+        .map_err(ApiError::from_db)?
+        .ok_or(ApiError::HoldNotFound)?;
     let row: HoldRow = holds::table
-        .filter(holds::id.eq(hold.as_uuid()))
-        .filter(holds::tenant_id.eq(caller.tenant.as_uuid()))
+        .find((wallet, hold.as_uuid()))
+        .filter(holds::tenant_id.eq(tenant))
         .select(HoldRow::as_select())
         .first(&mut conn)
         .await

@@ -20,6 +20,7 @@ use super::state::AppState;
 use super::wallets::DESCRIPTION_CHARS_MAX;
 use crate::auth::Caller;
 use crate::db::models::LedgerEntryRow;
+use crate::db::routes;
 use crate::db::schema::ledger_entries;
 use crate::domain::{BoundedText, Scope, TransactionId};
 use crate::pipeline::Command;
@@ -46,9 +47,15 @@ pub async fn get_transaction(
     caller.require(Scope::WalletsRead)?;
     let id = TransactionId::parse(&id).ok_or(ApiError::TransactionNotFound)?;
     let mut conn = state.db.get().await.map_err(ApiError::from_pool)?;
+    let tenant = caller.tenant.as_uuid();
+    let wallet = routes::wallet_of(&mut conn, tenant, id.as_uuid())
+        .await
+        .map_err(ApiError::from_db)?
+        .ok_or(ApiError::TransactionNotFound)?;
     let row: LedgerEntryRow = ledger_entries::table
+        .filter(ledger_entries::wallet_id.eq(wallet))
         .filter(ledger_entries::id.eq(id.as_uuid()))
-        .filter(ledger_entries::tenant_id.eq(caller.tenant.as_uuid()))
+        .filter(ledger_entries::tenant_id.eq(tenant))
         .select(LedgerEntryRow::as_select())
         .first(&mut conn)
         .await

@@ -6,6 +6,7 @@
 
 pub mod errors;
 pub mod models;
+pub mod routes;
 pub mod schema;
 
 use std::time::Duration;

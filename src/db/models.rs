@@ -41,6 +41,9 @@ pub struct NewWallet<'a> {
     pub currency: &'a str,
     pub owner_ref: Option<&'a str>,
     pub overdraft_limit: Decimal,
+    /// Bound by the service (no volatile default in a write to a wallet table).
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

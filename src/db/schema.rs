@@ -56,19 +56,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    idempotency_keys (tenant_id, idempotency_key) {
+    idempotency_keys (result_id) {
         tenant_id -> Uuid,
         idempotency_key -> Text,
         fingerprint -> Bytea,
         wallet_id -> Nullable<Uuid>,
         state -> Text,
-        lease_token -> Nullable<Uuid>,
-        lease_expires_at -> Nullable<Timestamptz>,
-        response_status -> Nullable<Int2>,
+        response_status -> Int2,
         response_body -> Nullable<Bytea>,
         created_at -> Timestamptz,
-        completed_at -> Nullable<Timestamptz>,
+        completed_at -> Timestamptz,
         expired_at -> Nullable<Timestamptz>,
+        result_id -> Uuid,
     }
 }
 
@@ -109,6 +108,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    routes_before_result_ids (id) {
+        id -> Uuid,
+        tenant_id -> Uuid,
+        wallet_id -> Uuid,
+    }
+}
+
 diesel::joinable!(api_keys -> tenants (tenant_id));
 diesel::joinable!(holds -> wallets (wallet_id));
 diesel::joinable!(ledger_entries -> wallets (wallet_id));
@@ -122,4 +129,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     idempotency_keys,
     ledger_entries,
     outbox_events,
+    routes_before_result_ids,
 );

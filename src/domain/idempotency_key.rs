@@ -2,6 +2,11 @@
 
 use std::fmt;
 
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::TenantId;
+
 /// Longest key the contract accepts.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;
 
@@ -36,6 +41,23 @@ impl IdempotencyKey {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The id of what this key's request produces (its ledger entry or hold) and of its row in
+    /// the key table: derived from the tenant and the key alone, so a lookup by that id finds
+    /// the key row (and through it the wallet) without knowing the wallet, and the key table
+    /// can be distributed apart from the wallets (docs/scale-out.md). SHA-256 over a label, the
+    /// tenant's 16 bytes and the key, first 16 bytes, stamped as an RFC 9562 version 8 UUID;
+    /// the database computes the same (`walletd_result_id`) and checks every key row by it.
+    pub fn result_id(&self, tenant: TenantId) -> Uuid {
+        let digest = Sha256::new()
+            .chain_update(b"walletd-result-id")
+            .chain_update(tenant.as_uuid().as_bytes())
+            .chain_update(self.0.as_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        uuid::Builder::from_custom_bytes(bytes).into_uuid()
+    }
 }
 
 impl fmt::Display for IdempotencyKey {
@@ -48,6 +70,18 @@ impl fmt::Display for IdempotencyKey {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn result_id_is_the_one_the_database_derives() {
+        // SELECT walletd_result_id('0190d3a8-0000-7000-8000-000000000001', 'k-1')
+        let tenant = TenantId::parse("0190d3a8-0000-7000-8000-000000000001").unwrap();
+        let key = IdempotencyKey::parse(b"k-1").unwrap();
+        let id = key.result_id(tenant);
+        assert_eq!(id.to_string(), "0d551d3d-ec34-8a6b-ad16-fa6cf8328266");
+        assert_eq!(id.get_version_num(), 8);
+        let other = IdempotencyKey::parse(b"k-2").unwrap();
+        assert_ne!(other.result_id(tenant), id);
+    }
 
     #[test]
     fn bounds_are_inclusive() {

@@ -30,6 +30,8 @@ pub enum Direction {
 /// One entry to append.
 #[derive(Debug)]
 pub struct NewEntry<'a> {
+    /// The request's result id ([`crate::domain::IdempotencyKey::result_id`]).
+    pub id: TransactionId,
     /// `debit`, `credit` or `reversal`.
     pub kind: &'static str,
     pub direction: Direction,
@@ -75,7 +77,7 @@ pub async fn append_entry(
     let row = LedgerEntryRow {
         wallet_id: wallet.id,
         seq: wallet.last_seq + 1,
-        id: TransactionId::generate().as_uuid(),
+        id: entry.id.as_uuid(),
         tenant_id: wallet.tenant_id,
         entry_type: entry.kind.to_owned(),
         amount: entry.amount,

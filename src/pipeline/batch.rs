@@ -3,16 +3,16 @@
 //! lock, one row-locked transaction, one commit — and each is still decided on its own.
 //!
 //! Inside the batch's transaction the entries run in queue order, each exactly as it would
-//! alone ([`ledger::post_entry_once`]): its key re-claimed, its balance check against the
-//! wallet as the entries before it left it, its own seq, hash, stored answer and event. A
-//! decline is that request's stored answer and touches no other entry; a request refused
-//! against the locked row (a credit past the maximum balance) or whose claim was lost is
-//! answered alone and writes no entry (holds it found expired are released all the same, with
-//! their events). A batch that fails as a whole for a reason of its own (a row the database
-//! refused, a bug) is run again one request at a time under the same lock, so one bad request
-//! fails alone; one that fails because the database is unreachable or too slow fails every
-//! request in it, and each frees its key, as a single request would, so each retry executes
-//! afresh.
+//! alone ([`ledger::post_entry_once`]): its balance check against the wallet as the entries
+//! before it left it, its own seq, hash, stored answer (its key's row) and event. A decline is
+//! that request's stored answer and touches no other entry; a request refused against the
+//! locked row (a credit past the maximum balance) is answered alone and writes no entry (holds
+//! it found expired are released all the same, with their events). A batch that fails as a
+//! whole for a reason of its own (a row the database refused, a key that had its row already,
+//! a bug) is run again one request at a time under the same lock, so one bad request fails
+//! alone, and a request whose key had its row is answered from that row; one that fails because
+//! the database is unreachable or too slow fails every request in it, and each frees its key,
+//! as a single request would, so each retry executes afresh.
 //!
 //! Bounded: a batch holds at most `pipeline.batch_max` requests (plus its leader, if more were
 //! queued ahead of it), its leader never waits for more to arrive (a batch is whatever queued
@@ -37,6 +37,7 @@ use diesel_async::AsyncConnection;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
+use super::append::entry_time;
 use super::changes::Changes;
 use super::deadline::Deadline;
 use super::idempotency::{Claim, IdempotentRequest};
@@ -232,17 +233,18 @@ impl Pipeline {
         let result = self.batch_transaction(&jobs).await;
         clock.lap("transaction");
         match result {
-            Ok(decided) => self.settle(jobs, decided).await,
-            // The batch's own fault, not the database's: one request at a time, so the one
-            // that caused it fails alone.
+            Ok(Batched::Committed(decided)) => self.settle(jobs, decided).await,
+            // The batch's own fault, not the database's (a row the database refused, a key
+            // that had its row already): one request at a time, so the one that caused it is
+            // answered alone.
+            Ok(Batched::KeyTaken) if jobs.len() > 1 => self.run_one_by_one(jobs).await,
             Err(error) if jobs.len() > 1 && !error.is_transient() => {
                 tracing::warn!(%error, jobs = jobs.len(), "batch failed; running its requests one at a time");
+                self.run_one_by_one(jobs).await;
+            }
+            Ok(Batched::KeyTaken) => {
                 for job in jobs {
-                    let alone = [job];
-                    match self.batch_transaction(&alone).await {
-                        Ok(decided) => self.settle(Vec::from(alone), decided).await,
-                        Err(error) => fail(Vec::from(alone), &error).await,
-                    }
+                    self.answer_taken(job).await;
                 }
             }
             Err(error) => fail(jobs, &error).await,
@@ -256,14 +258,33 @@ impl Pipeline {
         clock.lap("after_commit");
     }
 
-    /// After a batch committed: the cache and relay effects and the replay-cache copies, then
-    /// each job's claim settled and its answer sent.
+    /// The jobs of a batch that could not commit as one, each in its own transaction.
+    async fn run_one_by_one(&self, jobs: Vec<Job>) {
+        for job in jobs {
+            let alone = [job];
+            match self.batch_transaction(&alone).await {
+                Ok(Batched::Committed(decided)) => self.settle(Vec::from(alone), decided).await,
+                Ok(Batched::KeyTaken) => {
+                    let [job] = alone;
+                    self.answer_taken(job).await;
+                }
+                Err(error) => fail(Vec::from(alone), &error).await,
+            }
+        }
+    }
+
+    /// A job whose key had its row already: that row is its answer.
+    async fn answer_taken(&self, job: Job) {
+        let operation = job.entry.kind.as_str();
+        let answer = self
+            .answer_taken_key(&job.request, job.claim, operation, job.deadline)
+            .await;
+        let _ = job.answer.send(answer);
+    }
+
+    /// After a batch committed: the cache and relay effects, each job's answer cached (its
+    /// marker cleared), and its answer sent.
     async fn settle(&self, jobs: Vec<Job>, (verdicts, changes, mark): Decided) {
-        let replays = jobs.iter().zip(&verdicts).filter_map(|(job, verdict)| {
-            let stored = verdict.as_ref().ok()?;
-            Some(self.replay_cache.store(&job.request, stored))
-        });
-        tokio::join!(self.effects.after_commit(&changes, mark), join_all(replays));
         let metrics = &self.metrics;
         let settled = jobs
             .into_iter()
@@ -271,21 +292,21 @@ impl Pipeline {
             .map(|(job, verdict)| async move {
                 match verdict {
                     Ok(stored) => {
-                        job.claim.committed();
+                        job.claim.answered(&stored).await;
                         metrics.record_entry(job.entry.kind.as_str(), stored.status);
                         let _ = job.answer.send(Ok(Outcome::Executed(stored)));
                     }
                     Err(error) => job.refuse(error).await,
                 }
             });
-        join_all(settled).await;
+        tokio::join!(self.effects.after_commit(&changes, mark), join_all(settled));
     }
 
     /// Layers 3 and 4 for every job, in order, in one transaction (retried as a whole on a
     /// serialization failure or deadlock, within the leader's deadline).
-    async fn batch_transaction(&self, jobs: &[Job]) -> Result<Decided, PipelineError> {
+    async fn batch_transaction(&self, jobs: &[Job]) -> Result<Batched, PipelineError> {
         let Some(deadline) = jobs.iter().map(|job| job.deadline).reduce(Deadline::min) else {
-            return Ok((Vec::new(), Changes::default(), Mark::Off));
+            return Ok(Batched::Committed((Vec::new(), Changes::default(), Mark::Off)));
         };
         let mut conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
@@ -309,9 +330,6 @@ impl Pipeline {
                                     Err(TxError::Rejected(reason)) => {
                                         Err(PipelineError::Rejected(reason))
                                     }
-                                    Err(TxError::ClaimLost(_)) => {
-                                        Err(PipelineError::IdempotencyKeyInProgress)
-                                    }
                                     Err(failure) => return Err(failure),
                                 };
                             // Its events (held money it found expired, its entry) and its answer.
@@ -320,8 +338,8 @@ impl Pipeline {
                                 Ok(response) => {
                                     tokio::try_join!(
                                         biased;
-                                        outbox::insert(c, events),
-                                        job.claim.complete(c, response)
+                                        async { outbox::insert(c, events).await.map_err(TxError::from) },
+                                        job.claim.complete(c, response, entry_time())
                                     )?;
                                 }
                                 Err(_) => outbox::insert(c, events).await?,
@@ -333,16 +351,26 @@ impl Pipeline {
                     })
                     .await;
                 match outcome {
+                    Ok(decided) => return Ok(Batched::Committed(decided)),
+                    Err(TxError::KeyTaken) => return Ok(Batched::KeyTaken),
                     Err(error) if error.retry_after_attempt(attempt, &deadline) => {
                         tracing::info!(%error, attempt, jobs = jobs.len(), "batch transaction conflict; retrying");
                         attempt += 1;
                     }
-                    other => return other.map_err(PipelineError::from),
+                    Err(error) => return Err(PipelineError::from(error)),
                 }
             }
         })
         .await
     }
+}
+
+/// How a batch's transaction ended, if it did not fail.
+#[allow(clippy::large_enum_variant, reason = "made once per transaction and moved once")]
+enum Batched {
+    Committed(Decided),
+    /// Rolled back because a job's key already had its row.
+    KeyTaken,
 }
 
 /// A batch that did not commit: every job frees its key and gets the failure.

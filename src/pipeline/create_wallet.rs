@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
+use super::append::entry_time;
 use super::changes::Changes;
 use super::idempotency::Claim;
 use super::outcome::StoredResponse;
@@ -28,7 +29,7 @@ pub(super) async fn create_once(
     command: &CreateWalletCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    claim.reassert(conn).await??;
+    let at = entry_time();
     let row: WalletRow = diesel::insert_into(wallets::table)
         .values(NewWallet {
             id: WalletId::generate().as_uuid(),
@@ -36,6 +37,8 @@ pub(super) async fn create_once(
             currency: command.currency.code(),
             owner_ref: command.owner_ref.as_ref().map(BoundedText::as_str),
             overdraft_limit: command.overdraft_limit.value(),
+            created_at: at,
+            updated_at: at,
         })
         .returning(WalletRow::as_returning())
         .get_result(conn)

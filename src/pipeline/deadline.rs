@@ -1,8 +1,9 @@
 //! One deadline per mutating request (`pipeline.deadline_ms`, counted from the start of the
 //! pipeline). Every wait inside it — a pooled connection, the wallet lock, a transaction retry,
 //! each statement — is bounded by the time left, and the configuration check at start makes
-//! the deadline shorter than the in-flight lease: a request gives up before its key can be
-//! taken over, so no twin ever runs while the first is still working.
+//! the deadline shorter than the in-flight marker's lease: a request gives up before its
+//! marker lapses, so no twin is let in while the first is still working (and if one were, the
+//! key's primary key would refuse the second answer).
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use rust_decimal::Decimal;
 use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::idempotency::Claim;
-use super::locked::lock_wallet_and_claim;
+use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -64,7 +64,7 @@ pub(super) async fn place_once(
     command: &PlaceHoldCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet_and_claim(conn, claim, command.wallet).await?;
+    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     let response = match wallet {
         None => Decline::WalletNotFound.stored(),
         Some(wallet) => {
@@ -92,7 +92,7 @@ async fn place(
     let hold: HoldRow = diesel::insert_into(holds::table)
         .values((
             holds::wallet_id.eq(wallet.id),
-            holds::id.eq(HoldId::generate().as_uuid()),
+            holds::id.eq(claim.hold_id().as_uuid()),
             holds::tenant_id.eq(wallet.tenant_id),
             holds::amount.eq(command.money.amount()),
             holds::currency.eq(command.money.currency().code()),
@@ -197,6 +197,7 @@ async fn capture(
         .await?;
     let metadata = serde_json::Value::Object(serde_json::Map::new());
     let entry = NewEntry {
+        id: claim.transaction_id(),
         kind: "debit",
         direction: Direction::Out,
         amount,
@@ -250,10 +251,9 @@ async fn lock_hold(
     wallet: Option<WalletId>,
 ) -> Result<Result<(WalletRow, HoldRow), Decline>, TxError> {
     let Some(wallet_id) = wallet else {
-        claim.reassert(conn).await??;
         return Ok(Err(Decline::HoldNotFound));
     };
-    let wallet = lock_wallet_and_claim(conn, claim, wallet_id).await?;
+    let wallet = lock_wallet(conn, claim.tenant(), wallet_id).await?;
     let Some(wallet) = wallet else {
         return Ok(Err(Decline::HoldNotFound));
     };
@@ -349,14 +349,8 @@ pub async fn hold_wallet(
     tenant: crate::domain::TenantId,
     hold: HoldId,
 ) -> QueryResult<Option<WalletId>> {
-    holds::table
-        .filter(holds::id.eq(hold.as_uuid()))
-        .filter(holds::tenant_id.eq(tenant.as_uuid()))
-        .select(holds::wallet_id)
-        .first::<uuid::Uuid>(conn)
-        .await
-        .optional()
-        .map(|found| found.map(WalletId::from_uuid))
+    let wallet = crate::db::routes::wallet_of(conn, tenant.as_uuid(), hold.as_uuid()).await?;
+    Ok(wallet.map(WalletId::from_uuid))
 }
 
 /// Ends every active hold past its expiry on `wallet` (row-locked): the sweeper's step.

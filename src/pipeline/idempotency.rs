@@ -1,16 +1,20 @@
 //! Layer 1: the idempotency key.
 //!
-//! A key is scoped to its tenant and bound to a fingerprint of the request. The first request
-//! with a key commits an in-flight marker with a lease (so a twin arriving meanwhile gets 409,
-//! and a request that crashed frees its key once the lease lapses). Inside the business
-//! transaction the marker is claimed again with `FOR UPDATE` and must still carry our lease
-//! token — that, plus the primary key on `(tenant_id, idempotency_key)`, is the real guard
-//! against concurrent twins. The stored response commits in the same transaction as the
-//! business write, so a key's answer and its effect exist together or not at all.
+//! A key is scoped to its tenant and bound to a fingerprint of the request. Its answer is
+//! written once, in the transaction of the effect it answers for ([`Claim::complete`]), as one
+//! row keyed by the key's result id (see [`IdempotencyKey::result_id`]): a key's answer and its
+//! effect exist together or not at all, with one commit.
 //!
-//! A [`Claim`] is a guard: on every exit that neither committed an answer nor abandoned the
-//! key explicitly (an error path, a panic, a cancelled task) its `Drop` frees the key in the
-//! background, so a retry does not wait out the whole lease.
+//! Before that, in one Redis round trip, a cached answer is replayed or this request's
+//! in-flight marker is set ([`ReplayCache::lookup_and_mark`]); a twin that finds the marker
+//! gets 409 unless Postgres already holds the answer. The marker sheds twins; the guard is the
+//! database: a second row for a key is a primary-key violation that rolls the loser's whole
+//! transaction back, and the loser is then answered from the row that won
+//! ([`stored_answer`]). With Redis down there is no marker, so Postgres is asked first.
+//!
+//! A [`Claim`] is a guard: on every exit that neither stored an answer nor released the key
+//! explicitly (an error path, a panic, a cancelled task) its `Drop` clears the marker in the
+//! background, so a retry does not wait out the lease.
 //!
 //! Stored answers are dropped after `idempotency.retention_hours` (see [`super::retention`]);
 //! the key row stays forever, in state `expired`, and a request with it answers 410.
@@ -18,24 +22,30 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::now;
-use diesel::pg::expression::extensions::IntervalDsl;
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Bytea, Int2, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::deadline::Deadline;
 use super::outcome::{PipelineError, StoredResponse};
-use super::transaction;
+use super::replay_cache::{Lookup, ReplayCache};
+use super::transaction::{self, TxError};
+use crate::db::PgPool;
 use crate::db::schema::idempotency_keys as keys;
-use crate::db::{PgConn, PgPool};
-use crate::domain::{IdempotencyKey, TenantId, WalletId};
+use crate::domain::{HoldId, IdempotencyKey, TenantId, TransactionId, WalletId};
 
-/// Attempts to claim a key when another request keeps changing its state under us; each
-/// round is two statements, so this bounds layer 1 to a handful of round trips.
-const CLAIM_ATTEMPTS_MAX: u32 = 4;
+/// The unique keys a request violates when its key already produced its effect: the key
+/// table's primary key, and on the wallet's own tables the keys of what a request produces
+/// (its id is the key's result id, and one entry or hold per key and wallet). A twin meets
+/// one of these (which one depends on how far it got) and is answered from the key's row.
+pub const KEY_TAKEN_CONSTRAINTS: [&str; 5] = [
+    "idempotency_keys_pkey",
+    "ledger_entries_id",
+    "ledger_entries_one_per_key",
+    "holds_pkey",
+    "holds_one_per_key",
+];
 
 /// SHA-256 over method, path and the canonical JSON body (members sorted, no whitespace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,352 +76,246 @@ pub struct IdempotentRequest {
     pub wallet: Option<WalletId>,
 }
 
+impl IdempotentRequest {
+    /// The id of the key's row and of what the request produces (its entry, its hold).
+    pub fn result_id(&self) -> Uuid {
+        self.key.result_id(self.tenant)
+    }
+}
+
 /// The outcome of layer 1.
 #[derive(Debug)]
 pub enum Begin {
-    /// We own the key: execute, then complete or abandon the claim.
+    /// Nothing is stored for the key and no twin is marked running: execute, then store the
+    /// answer with the effect, or release the claim.
     Claimed(Claim),
     /// The key already has an answer for this very request.
     Replay(StoredResponse),
 }
 
-/// Our lease on a key's in-flight marker. Not `Clone`: exactly one owner completes or frees it.
+/// This request's hold on a key until its answer is stored: the in-flight marker it set (none
+/// when Redis was down). Not `Clone`: exactly one owner stores the answer or releases it.
 pub struct Claim {
-    tenant: TenantId,
-    key: IdempotencyKey,
-    token: Uuid,
-    /// Where to free the key from if the claim is dropped while still armed.
-    pool: PgPool,
-    /// True until the answer committed or the key was freed.
+    request: IdempotentRequest,
+    /// Our marker's token, if we set one.
+    marker: Option<Uuid>,
+    /// Where the marker lives (and the answer is cached).
+    cache: ReplayCache,
+    /// True until the answer was settled or the key released.
     armed: bool,
 }
 
 impl std::fmt::Debug for Claim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claim")
-            .field("tenant", &self.tenant)
-            .field("key", &self.key)
+            .field("tenant", &self.request.tenant)
+            .field("key", &self.request.key)
+            .field("marked", &self.marker.is_some())
             .field("armed", &self.armed)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(QueryableByName)]
-struct ExistingKey {
-    #[diesel(sql_type = Bytea)]
-    fingerprint: Vec<u8>,
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    lease_token: Option<Uuid>,
-    #[diesel(sql_type = Bool)]
-    lease_expired: bool,
-    #[diesel(sql_type = Nullable<Int2>)]
-    response_status: Option<i16>,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    response_body: Option<Vec<u8>>,
-}
-
-#[derive(QueryableByName)]
-struct Token {
-    #[diesel(sql_type = SqlUuid)]
-    lease_token: Uuid,
-}
-
 /// Layer 1: replay a stored answer, refuse a reuse, an expired key or a twin in flight, or
-/// claim the key.
+/// claim the key. A fresh request costs one Redis round trip and no Postgres one.
 pub async fn begin(
     pool: &PgPool,
+    cache: &ReplayCache,
     request: &IdempotentRequest,
     lease: Duration,
     deadline: Deadline,
 ) -> Result<Begin, PipelineError> {
-    let mut conn = transaction::connection(pool, &deadline).await?;
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    for _ in 0..CLAIM_ATTEMPTS_MAX {
-        let token = Uuid::new_v4();
-        // No conflict target: a racing twin may collide on the primary key or on the
-        // (tenant, key, wallet) unique key first, and either means "the key exists". (DSL, so
-        // the statement is prepared once per connection, like the others on the hot path.)
-        let inserted: Option<Option<Uuid>> = diesel::insert_into(keys::table)
-            .values((
-                keys::tenant_id.eq(request.tenant.as_uuid()),
-                keys::idempotency_key.eq(request.key.as_str()),
-                keys::fingerprint.eq(&request.fingerprint.0[..]),
-                keys::wallet_id.eq(request.wallet.map(|w| w.as_uuid())),
-                keys::state.eq("in_progress"),
-                keys::lease_token.eq(token),
-                // The database's clock, as every lease comparison uses.
-                keys::lease_expires_at
-                    .eq((now.into_sql::<Timestamptz>() + lease_ms.milliseconds()).nullable()),
-            ))
-            .on_conflict_do_nothing()
-            .returning(keys::lease_token)
-            .get_result(&mut *conn)
-            .await
-            .optional()
-            .map_err(PipelineError::from_db)?;
-        if inserted.flatten() == Some(token) {
-            return Ok(Begin::Claimed(claim(pool, request, token)));
+    let token = Uuid::new_v4();
+    let marker = match cache.lookup_and_mark(request, token, lease).await {
+        Lookup::Replay(stored) => return Ok(Begin::Replay(stored)),
+        Lookup::Reused => return Err(PipelineError::IdempotencyKeyReused),
+        Lookup::Marked => Some(token),
+        // Someone marked the key: it runs now, or it just stored its answer (or crashed and
+        // its marker lapses).
+        Lookup::Busy => {
+            return match stored_answer(pool, request, deadline).await? {
+                Some(stored) => Ok(Begin::Replay(stored)),
+                None => Err(PipelineError::IdempotencyKeyInProgress),
+            };
         }
-
-        let Some(existing) = read_existing(&mut conn, request).await? else {
-            // The marker was abandoned between our INSERT and SELECT: try to claim again.
-            continue;
-        };
-        if let Some(stored) = decided(&existing, request)? {
-            return Ok(Begin::Replay(stored));
-        }
-        match existing.state.as_str() {
-            "in_progress" if !existing.lease_expired => {
-                return Err(PipelineError::IdempotencyKeyInProgress);
-            }
-            "in_progress" => {
-                // The first request's lease lapsed (it crashed or hung): take the key over, but
-                // only if its lease is still lapsed and nobody else took it first. A marker that
-                // is row-locked belongs to a transaction still running (the first request is
-                // alive after all): SKIP LOCKED makes that a 409 at once instead of a wait.
-                let taken_over: Option<Token> = diesel::sql_query(
-                    "WITH lapsed AS ( \
-                         SELECT tenant_id, idempotency_key FROM idempotency_keys \
-                         WHERE tenant_id = $1 AND idempotency_key = $2 \
-                           AND state = 'in_progress' AND lease_token = $5 \
-                           AND lease_expires_at < clock_timestamp() \
-                         FOR UPDATE SKIP LOCKED) \
-                     UPDATE idempotency_keys k \
-                     SET lease_token = $3, lease_expires_at = clock_timestamp() + $4 * interval '1 millisecond' \
-                     FROM lapsed \
-                     WHERE k.tenant_id = lapsed.tenant_id AND k.idempotency_key = lapsed.idempotency_key \
-                     RETURNING k.lease_token",
-                )
-                .bind::<SqlUuid, _>(request.tenant.as_uuid())
-                .bind::<Text, _>(request.key.as_str())
-                .bind::<SqlUuid, _>(token)
-                .bind::<diesel::sql_types::BigInt, _>(lease_ms)
-                .bind::<Nullable<SqlUuid>, _>(existing.lease_token)
-                .get_result(&mut conn)
-                .await
-                .optional()
-                .map_err(PipelineError::from_db)?;
-                if taken_over.is_some_and(|row| row.lease_token == token) {
-                    tracing::warn!(key = %request.key, "took over an idempotency key whose lease lapsed");
-                    return Ok(Begin::Claimed(claim(pool, request, token)));
-                }
-                // Not taken over: the first request is still in its transaction (row locked),
-                // or the key moved on (completed, freed, taken by another twin). Look again;
-                // CLAIM_ATTEMPTS_MAX bounds the rounds, and running out is 409.
-            }
-            state => {
-                return Err(PipelineError::Internal(anyhow::anyhow!(
-                    "idempotency key in unexpected state {state:?}"
-                )));
-            }
-        }
-    }
-    Err(PipelineError::IdempotencyKeyInProgress)
+        // No marker to be had: Postgres is the only one that knows.
+        Lookup::Unavailable => match stored_answer(pool, request, deadline).await? {
+            Some(stored) => return Ok(Begin::Replay(stored)),
+            None => None,
+        },
+    };
+    Ok(Begin::Claimed(Claim {
+        request: request.clone(),
+        marker,
+        cache: cache.clone(),
+        armed: true,
+    }))
 }
 
-/// What a request that cannot be admitted now (its wallet's queue is full) is owed anyway:
-/// a key already decided is replayed (or refused as reused or expired), a twin in flight is
-/// 409; `None` means the key has no answer yet and the request is shed. Reads only.
-pub async fn answer_without_claiming(
+#[derive(Queryable)]
+struct StoredKey {
+    tenant_id: Uuid,
+    idempotency_key: String,
+    fingerprint: Vec<u8>,
+    state: String,
+    response_status: i16,
+    response_body: Option<Vec<u8>>,
+}
+
+/// What Postgres holds for the key, read-only: its answer for this request, a refusal
+/// (another request's key; past retention), or `None` (nothing stored).
+pub async fn stored_answer(
     pool: &PgPool,
     request: &IdempotentRequest,
     deadline: Deadline,
 ) -> Result<Option<StoredResponse>, PipelineError> {
     let mut conn = transaction::connection(pool, &deadline).await?;
-    let Some(existing) = read_existing(&mut conn, request).await? else {
+    let row: Option<StoredKey> = transaction::within_deadline(&deadline, async {
+        keys::table
+            .find(request.result_id())
+            .select((
+                keys::tenant_id,
+                keys::idempotency_key,
+                keys::fingerprint,
+                keys::state,
+                keys::response_status,
+                keys::response_body,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()
+            .map_err(PipelineError::from_db)
+    })
+    .await?;
+    let Some(row) = row else {
         return Ok(None);
     };
-    if let Some(stored) = decided(&existing, request)? {
-        return Ok(Some(stored));
+    // The database checks that a row's id is derived from its tenant and key; a 122-bit
+    // collision would still be refused here rather than answered with another key's answer.
+    if row.tenant_id != request.tenant.as_uuid() || row.idempotency_key != request.key.as_str() {
+        return Err(PipelineError::Internal(anyhow::anyhow!(
+            "result id {} names another key",
+            request.result_id()
+        )));
     }
-    if existing.state == "in_progress" && !existing.lease_expired {
-        return Err(PipelineError::IdempotencyKeyInProgress);
-    }
-    Ok(None)
+    decided(&row, request).map(Some)
 }
 
-async fn read_existing(
-    conn: &mut PgConn,
-    request: &IdempotentRequest,
-) -> Result<Option<ExistingKey>, PipelineError> {
-    diesel::sql_query(
-        "SELECT fingerprint, state, lease_token, \
-                coalesce(lease_expires_at < clock_timestamp(), false) AS lease_expired, \
-                response_status, response_body \
-         FROM idempotency_keys WHERE tenant_id = $1 AND idempotency_key = $2",
-    )
-    .bind::<SqlUuid, _>(request.tenant.as_uuid())
-    .bind::<Text, _>(request.key.as_str())
-    .get_result(conn)
-    .await
-    .optional()
-    .map_err(PipelineError::from_db)
-}
-
-/// The key's decided answer for this request, if it has one: the stored response, or a
-/// refusal (expired past retention, whatever the request; another request's key).
-fn decided(
-    existing: &ExistingKey,
-    request: &IdempotentRequest,
-) -> Result<Option<StoredResponse>, PipelineError> {
+/// The key's decided answer for this request: the stored response, or a refusal (expired past
+/// retention, whatever the request; another request's key).
+fn decided(row: &StoredKey, request: &IdempotentRequest) -> Result<StoredResponse, PipelineError> {
     // Past retention the answer is gone but the key is not: whatever the request, nothing
     // executes (a very late retry must never charge twice).
-    if existing.state == "expired" {
+    if row.state == "expired" {
         return Err(PipelineError::IdempotencyKeyExpired);
     }
-    if existing.fingerprint != request.fingerprint.0 {
+    if row.fingerprint != request.fingerprint.0 {
         return Err(PipelineError::IdempotencyKeyReused);
     }
-    match (
-        existing.state.as_str(),
-        existing.response_status,
-        &existing.response_body,
-    ) {
-        ("completed", Some(status), Some(body)) => {
-            let status = u16::try_from(status).map_err(|_| {
-                PipelineError::Internal(anyhow::anyhow!("stored status {status} is invalid"))
-            })?;
-            Ok(Some(StoredResponse {
-                status,
-                body: body.clone(),
-            }))
-        }
-        _ => Ok(None),
-    }
+    let (Ok(status), Some(body)) = (u16::try_from(row.response_status), &row.response_body) else {
+        return Err(PipelineError::Internal(anyhow::anyhow!(
+            "key row in state {:?} has no usable answer",
+            row.state
+        )));
+    };
+    Ok(StoredResponse {
+        status,
+        body: body.clone(),
+    })
 }
-
-fn claim(pool: &PgPool, request: &IdempotentRequest, token: Uuid) -> Claim {
-    Claim {
-        tenant: request.tenant,
-        key: request.key.clone(),
-        token,
-        pool: pool.clone(),
-        armed: true,
-    }
-}
-
-/// Inside a transaction, the claim turned out to belong to someone else (our lease lapsed
-/// and another request took the key over). The transaction must roll back.
-#[derive(Debug, thiserror::Error)]
-#[error("idempotency claim lost: the lease lapsed and another request took the key")]
-pub struct ClaimLost;
 
 impl Claim {
     pub fn key(&self) -> &IdempotencyKey {
-        &self.key
+        &self.request.key
     }
 
     pub fn tenant(&self) -> TenantId {
-        self.tenant
+        self.request.tenant
     }
 
-    /// Re-claims the key inside the business transaction: row-locks the marker and checks it
-    /// still carries our token. Call it right after locking the wallet row (or pipelined after
-    /// it: `locked::lock_wallet_and_claim`).
-    pub async fn reassert(
-        &self,
-        mut conn: &PgConn,
-    ) -> Result<Result<(), ClaimLost>, diesel::result::Error> {
-        let held: Option<Option<Uuid>> = keys::table
-            .filter(keys::tenant_id.eq(self.tenant.as_uuid()))
-            .filter(keys::idempotency_key.eq(self.key.as_str()))
-            .filter(keys::state.eq("in_progress"))
-            .filter(keys::lease_token.eq(self.token))
-            .select(keys::lease_token)
-            .for_update()
-            .first(&mut conn)
-            .await
-            .optional()?;
-        match held.flatten() {
-            Some(token) if token == self.token => Ok(Ok(())),
-            _ => Ok(Err(ClaimLost)),
-        }
+    /// The id of what this request produces (its ledger entry, its hold).
+    pub fn result_id(&self) -> Uuid {
+        self.request.result_id()
     }
 
-    /// Stores the response in the same transaction as the business write.
+    /// The wallet the request turned out to target (a capture, void or reversal learns it
+    /// after layer 1): its key row names it.
+    pub fn targets(&mut self, wallet: Option<WalletId>) {
+        self.request.wallet = wallet;
+    }
+
+    /// The id of the ledger entry this request appends, if it appends one.
+    pub fn transaction_id(&self) -> TransactionId {
+        TransactionId::from_uuid(self.result_id())
+    }
+
+    /// The id of the hold this request places, if it places one.
+    pub fn hold_id(&self) -> HoldId {
+        HoldId::from_uuid(self.result_id())
+    }
+
+    /// Stores the answer in the same transaction as the business write: the key's one row.
+    /// A row already there (a twin won, or the answer was stored before and its cached copy
+    /// is gone) is [`TxError::KeyTaken`]: the transaction must roll back, and the request is
+    /// answered from that row.
     pub async fn complete(
         &self,
-        mut conn: &PgConn,
+        mut conn: &crate::db::PgConn,
         response: &StoredResponse,
-    ) -> Result<(), diesel::result::Error> {
+        at: DateTime<Utc>,
+    ) -> Result<(), TxError> {
         let status = i16::try_from(response.status).unwrap_or(500);
-        let updated = diesel::update(
-            keys::table
-                .filter(keys::tenant_id.eq(self.tenant.as_uuid()))
-                .filter(keys::idempotency_key.eq(self.key.as_str()))
-                .filter(keys::lease_token.eq(self.token)),
-        )
-        .set((
-            keys::state.eq("completed"),
-            keys::lease_token.eq(None::<Uuid>),
-            keys::lease_expires_at.eq(None::<DateTime<Utc>>),
-            keys::response_status.eq(status),
-            keys::response_body.eq(&response.body),
-            // The transaction's start (the same for every request of a batch): retention
-            // only needs the day.
-            keys::completed_at.eq(now),
-        ))
-        .execute(&mut conn)
-        .await?;
-        if updated == 1 {
-            Ok(())
-        } else {
-            // reassert() locked the row for this transaction, so this cannot happen unless the
-            // caller skipped it; refuse to commit an effect without its stored answer.
-            Err(diesel::result::Error::RollbackTransaction)
-        }
+        let inserted = diesel::insert_into(keys::table)
+            .values((
+                keys::result_id.eq(self.result_id()),
+                keys::tenant_id.eq(self.request.tenant.as_uuid()),
+                keys::idempotency_key.eq(self.request.key.as_str()),
+                keys::fingerprint.eq(&self.request.fingerprint.0[..]),
+                keys::wallet_id.eq(self.request.wallet.map(|w| w.as_uuid())),
+                keys::state.eq("completed"),
+                keys::response_status.eq(status),
+                keys::response_body.eq(&response.body),
+                keys::created_at.eq(at),
+                keys::completed_at.eq(at),
+            ))
+            .execute(&mut conn)
+            .await;
+        inserted.map(drop).map_err(TxError::from)
     }
 
-    /// The answer committed with the business write: nothing is left to free.
-    pub fn committed(mut self) {
+    /// The key's answer is settled (committed by us, or found stored): cache it for the next
+    /// retry and clear our marker.
+    pub async fn answered(mut self, stored: &StoredResponse) {
         self.armed = false;
+        self.cache.store(&self.request, stored, self.marker).await;
     }
 
-    /// Frees the key after an outcome that is not stored (a 4xx input error found late, a
-    /// 5xx), so that a retry executes afresh. Best effort: if the database is unreachable the
-    /// lease lapses on its own.
+    /// Releases the key after an outcome that is not stored (a 4xx input error found late, a
+    /// 5xx), so that a retry executes afresh. Best effort: if Redis is unreachable the marker
+    /// lapses on its own.
     pub async fn abandon(mut self) {
         self.armed = false;
-        free_key(&self.pool, self.tenant, &self.key, self.token).await;
+        if let Some(token) = self.marker {
+            self.cache.unmark(&self.request, token).await;
+        }
     }
 }
 
 impl Drop for Claim {
-    /// A claim dropped while armed (an early return, a panic, a cancelled task) frees its key
-    /// in the background. The delete names our lease token, so it can never free a key that
-    /// has since completed or been taken over.
+    /// A claim dropped while armed (an early return, a panic, a cancelled task) clears its
+    /// marker in the background. The delete names our token, so it never clears a twin's.
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        let (pool, tenant, key, token) =
-            (self.pool.clone(), self.tenant, self.key.clone(), self.token);
+        let Some(token) = self.marker else {
+            return;
+        };
+        let (cache, request) = (self.cache.clone(), self.request.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            tracing::warn!(%key, "idempotency claim dropped without an answer; freeing the key");
-            runtime.spawn(async move { free_key(&pool, tenant, &key, token).await });
+            tracing::warn!(key = %request.key, "idempotency claim dropped without an answer; clearing its marker");
+            runtime.spawn(async move { cache.unmark(&request, token).await });
         }
-    }
-}
-
-async fn free_key(pool: &PgPool, tenant: TenantId, key: &IdempotencyKey, token: Uuid) {
-    let Ok(mut conn) = pool.get().await else {
-        tracing::warn!(%key, "could not free idempotency key; its lease will lapse");
-        return;
-    };
-    let deleted = diesel::sql_query(
-        "DELETE FROM idempotency_keys \
-         WHERE tenant_id = $1 AND idempotency_key = $2 \
-           AND state = 'in_progress' AND lease_token = $3",
-    )
-    .bind::<SqlUuid, _>(tenant.as_uuid())
-    .bind::<Text, _>(key.as_str())
-    .bind::<SqlUuid, _>(token)
-    .execute(&mut conn)
-    .await;
-    if let Err(error) = deleted {
-        tracing::warn!(%key, %error, "could not free idempotency key; its lease will lapse");
     }
 }
 

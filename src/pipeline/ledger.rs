@@ -11,7 +11,7 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet_and_claim;
+use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -128,7 +128,7 @@ pub(super) async fn post_entry_once(
     command: &EntryCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet_and_claim(conn, claim, command.wallet).await?;
+    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     let at = entry_time();
     let wallet = match wallet {
         Some(wallet) => Some(release_expired_holds(conn, wallet, at, changes).await?),
@@ -145,6 +145,7 @@ pub(super) async fn post_entry_once(
                 )));
             };
             let entry = NewEntry {
+                id: claim.transaction_id(),
                 kind: command.kind.as_str(),
                 direction: match command.kind {
                     EntryKind::Debit => Direction::Out,

@@ -1,14 +1,16 @@
 //! The mutating path, in the order of its layers (API.md, "The debit pipeline"):
 //!
-//! 1. [`replay_cache`] then [`idempotency`]: replay a stored answer, or claim the key;
+//! 1. [`idempotency`] (with [`replay_cache`]): replay a stored answer, refuse a twin in
+//!    flight, or claim the key (an in-flight marker in Redis; nothing written to Postgres);
 //! 2. [`lock`]: the Redlock lock on the wallet (sheds contention, protects nothing alone);
-//! 3. [`ledger`]: the transaction that row-locks the wallet and re-claims the key;
-//! 4. [`ledger`]: the balance check on the locked row; then wallet, ledger entry and stored
-//!    answer commit together, and only then is the lock released.
+//! 3. [`ledger`]: the transaction that row-locks the wallet;
+//! 4. [`ledger`]: the balance check on the locked row; then wallet, ledger entry, event and
+//!    the key's row with its answer commit together (the key's primary key is the real guard
+//!    against a twin), and only then is the lock released.
 //!
 //! Bounded throughout: a request takes a place in its wallet's local queue (capped) before it
-//! writes its in-flight marker, at most `pipeline.concurrent_max` pipelines run at once, and
-//! one [`deadline`] bounds every wait of a request.
+//! writes anything, at most `pipeline.concurrent_max` pipelines run at once, and one
+//! [`deadline`] bounds every wait of a request.
 //!
 //! Every mutating command goes through one execution, [`Pipeline::execute`]: a [`Command`] says
 //! which wallet it locks and what it does inside the row-locked transaction; idempotency, the
@@ -60,7 +62,7 @@ use idempotency::{Begin, Claim, IdempotentRequest};
 use ledger::EntryCommand;
 use lock::{LockError, LockMode, WalletLocks};
 pub use outcome::{Decline, Outcome, PipelineError, StoredResponse};
-use replay_cache::{Cached, ReplayCache};
+use replay_cache::ReplayCache;
 use reversal::ReverseCommand;
 use transaction::TxError;
 
@@ -224,16 +226,26 @@ impl Pipeline {
         let operation = command.operation();
         let mut clock = LayerClock::start(&self.metrics);
 
-        // 1a. Idempotency, fast path: an answer cached in Redis is replayed at once.
-        let cached = self.cached_replay(&request, operation).await;
-        clock.lap("replay_cache");
-        if let Some(stored) = cached? {
-            return Ok(Outcome::Replayed(stored));
-        }
+        // 1. Idempotency: a stored answer is replayed (from Redis, or Postgres when Redis does
+        // not know), a twin running now is refused, or the key is claimed (marked in flight).
+        let mut claim = match self.claim_or_replay(&request, operation, deadline).await? {
+            Begin::Claimed(claim) => claim,
+            Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
+        };
+        clock.lap("claim");
 
         // A command that names a hold or an entry learns its wallet now, to lock it (and the
         // key row names it); the transaction re-checks it under the row lock.
-        let (request, command) = self.resolve(request, command, deadline).await?;
+        let (request, command) = match self.resolve(request, command, deadline).await {
+            Ok(resolved) => {
+                claim.targets(resolved.0.wallet);
+                resolved
+            }
+            Err(error) => {
+                claim.abandon().await;
+                return Err(error);
+            }
+        };
 
         // A place in the wallet's local queue, before anything is written: a full queue sheds
         // the request with nothing to undo.
@@ -241,11 +253,11 @@ impl Pipeline {
             None => None,
             Some(wallet) => match self.enqueue(request.tenant, wallet) {
                 Ok(place) => Some(place),
-                // Shedding writes nothing, but a retry whose answer is already stored is owed
-                // that answer (layer 1 replays at once): look, read-only, before refusing.
+                // Shedding writes nothing, but a retry whose answer is stored is owed that
+                // answer: look, read-only, before refusing.
                 Err(shed) => {
-                    let owed =
-                        idempotency::answer_without_claiming(&self.db, &request, deadline).await?;
+                    claim.abandon().await;
+                    let owed = idempotency::stored_answer(&self.db, &request, deadline).await?;
                     return match owed {
                         Some(stored) => {
                             self.metrics.record_replay(operation);
@@ -256,13 +268,6 @@ impl Pipeline {
                 }
             },
         };
-
-        // 1b. Idempotency in Postgres: replay a stored answer, or claim the key.
-        let claim = match self.claim_or_replay(&request, operation, deadline).await? {
-            Begin::Claimed(claim) => claim,
-            Begin::Replay(stored) => return Ok(Outcome::Replayed(stored)),
-        };
-        clock.lap("claim");
 
         // 2 to 4 for a debit or credit: coalesced with those queued behind it on its wallet.
         let place = match (&command, place) {
@@ -304,15 +309,19 @@ impl Pipeline {
         let stored = match result {
             // After the commit, all at once: the lock released, the cache given the committed
             // wallet (before the client hears of the change, so its next read sees it), the
-            // relay woken, and the answer cached for a retry. Then the claim is disarmed.
-            Ok((stored, changes, mark)) => {
+            // relay woken, and the answer cached for a retry (our marker cleared with it).
+            Ok(Executed::Committed(stored, changes, mark)) => {
                 tokio::join!(
                     release,
                     self.effects.after_commit(&changes, mark),
-                    self.replay_cache.store(&request, &stored)
+                    claim.answered(&stored)
                 );
-                claim.committed();
                 stored
+            }
+            // The key had its row already: nothing of ours committed; the row answers.
+            Ok(Executed::KeyTaken) => {
+                release.await;
+                return self.answer_taken_key(&request, claim, operation, deadline).await;
             }
             // Anything else frees the key, so that a retry executes afresh.
             Err(error) => {
@@ -369,22 +378,6 @@ impl Pipeline {
         Ok((request, command))
     }
 
-    /// Layer 1, fast path: the Redis replay cache (skipped when Redis is down).
-    async fn cached_replay(
-        &self,
-        request: &IdempotentRequest,
-        operation: &str,
-    ) -> Result<Option<StoredResponse>, PipelineError> {
-        match self.replay_cache.lookup(request).await {
-            Some(Cached::Replay(stored)) => {
-                self.metrics.record_replay(operation);
-                Ok(Some(stored))
-            }
-            Some(Cached::Reused) => Err(PipelineError::IdempotencyKeyReused),
-            None => Ok(None),
-        }
-    }
-
     fn enqueue(
         &self,
         tenant: TenantId,
@@ -397,25 +390,48 @@ impl Pipeline {
         })
     }
 
-    /// Layer 1 in Postgres, the source of truth: a stored answer (cached for the next retry),
-    /// or our claim on the key. Bounded as a whole: a round that outlives the deadline may
-    /// leave a marker it never learned of, which frees itself when its lease lapses.
+    /// Layer 1: a stored answer (cached for the next retry if it came from Postgres), or our
+    /// claim on the key. Bounded as a whole by the deadline.
     async fn claim_or_replay(
         &self,
         request: &IdempotentRequest,
         operation: &str,
         deadline: Deadline,
     ) -> Result<Begin, PipelineError> {
-        let begun = transaction::within_deadline(
-            &deadline,
-            idempotency::begin(&self.db, request, self.lease, deadline),
-        )
-        .await?;
-        if let Begin::Replay(stored) = &begun {
-            self.replay_cache.store(request, stored).await;
+        let begun = idempotency::begin(&self.db, &self.replay_cache, request, self.lease, deadline)
+            .await?;
+        if let Begin::Replay(_) = &begun {
             self.metrics.record_replay(operation);
         }
         Ok(begun)
+    }
+
+    /// The request's transaction met its key's row (a twin committed first, or the answer was
+    /// stored before and its cached copy is gone): the row is the answer.
+    async fn answer_taken_key(
+        &self,
+        request: &IdempotentRequest,
+        claim: Claim,
+        operation: &str,
+        deadline: Deadline,
+    ) -> Result<Outcome, PipelineError> {
+        match idempotency::stored_answer(&self.db, request, deadline).await {
+            Ok(Some(stored)) => {
+                claim.answered(&stored).await;
+                self.metrics.record_replay(operation);
+                Ok(Outcome::Replayed(stored))
+            }
+            Ok(None) => {
+                claim.abandon().await;
+                Err(PipelineError::Internal(anyhow::anyhow!(
+                    "the key's row refused ours but cannot be read"
+                )))
+            }
+            Err(error) => {
+                claim.abandon().await;
+                Err(error)
+            }
+        }
     }
 
     /// Layer 2.
@@ -450,7 +466,7 @@ impl Pipeline {
         claim: &Claim,
         command: &Command,
         deadline: Deadline,
-    ) -> Result<(StoredResponse, Changes, Mark), PipelineError> {
+    ) -> Result<Executed, PipelineError> {
         let mut conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
         let effects = &self.effects;
@@ -470,8 +486,8 @@ impl Pipeline {
                         let writes = async {
                             tokio::try_join!(
                                 biased;
-                                outbox::insert(c, changes.events()),
-                                claim.complete(c, &response)
+                                async { outbox::insert(c, changes.events()).await.map_err(TxError::from) },
+                                claim.complete(c, &response, append::entry_time())
                             )
                         };
                         let (written, mark) = tokio::join!(writes, effects.before_commit(&changes));
@@ -480,16 +496,29 @@ impl Pipeline {
                     })
                     .await;
                 match outcome {
+                    Ok((stored, changes, mark)) => {
+                        return Ok(Executed::Committed(stored, changes, mark));
+                    }
+                    Err(TxError::KeyTaken) => return Ok(Executed::KeyTaken),
                     Err(error) if error.retry_after_attempt(attempt, &deadline) => {
                         tracing::info!(%error, attempt, "transaction conflict; retrying");
                         attempt += 1;
                     }
-                    other => return other.map_err(PipelineError::from),
+                    Err(error) => return Err(PipelineError::from(error)),
                 }
             }
         })
         .await
     }
+}
+
+/// How a request's transaction ended, if it did not fail.
+#[allow(clippy::large_enum_variant, reason = "made once per transaction and moved once")]
+enum Executed {
+    /// Committed: the answer, what changed, and the cache mark made before the commit.
+    Committed(StoredResponse, Changes, Mark),
+    /// Rolled back because the key already had its row: that row is the answer.
+    KeyTaken,
 }
 
 /// Times the layers of one request into `walletd_pipeline_layer_seconds{layer}`: each lap is

@@ -85,14 +85,14 @@ pub async fn purge_expired_answers(
     for _ in 0..policy.batches_per_run_max {
         let purged_keys: Vec<PurgedKey> = diesel::sql_query(
             "WITH batch AS ( \
-                 SELECT tenant_id, idempotency_key FROM idempotency_keys \
+                 SELECT result_id FROM idempotency_keys \
                  WHERE state = 'completed' AND completed_at < now() - $1 * interval '1 second' \
                  ORDER BY completed_at LIMIT $2 \
                  FOR UPDATE SKIP LOCKED) \
              UPDATE idempotency_keys k \
              SET state = 'expired', response_body = NULL, expired_at = now() \
              FROM batch \
-             WHERE k.tenant_id = batch.tenant_id AND k.idempotency_key = batch.idempotency_key \
+             WHERE k.result_id = batch.result_id \
              RETURNING k.tenant_id, k.idempotency_key",
         )
         .bind::<BigInt, _>(retention_s)

@@ -11,7 +11,7 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet_and_claim;
+use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -37,11 +37,8 @@ pub(super) async fn reverse_once(
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
     let wallet = match command.wallet {
-        Some(wallet) => lock_wallet_and_claim(conn, claim, wallet).await?,
-        None => {
-            claim.reassert(conn).await??;
-            None
-        }
+        Some(wallet) => lock_wallet(conn, claim.tenant(), wallet).await?,
+        None => None
     };
     let response = match wallet {
         None => Decline::TransactionNotFound.stored(),
@@ -128,6 +125,7 @@ async fn reverse(
     }
     let metadata = serde_json::Value::Object(serde_json::Map::new());
     let entry = NewEntry {
+        id: claim.transaction_id(),
         kind: "reversal",
         direction,
         amount,
@@ -153,12 +151,7 @@ pub async fn transaction_wallet(
     tenant: TenantId,
     transaction: TransactionId,
 ) -> QueryResult<Option<WalletId>> {
-    ledger_entries::table
-        .filter(ledger_entries::id.eq(transaction.as_uuid()))
-        .filter(ledger_entries::tenant_id.eq(tenant.as_uuid()))
-        .select(ledger_entries::wallet_id)
-        .first::<uuid::Uuid>(conn)
-        .await
-        .optional()
-        .map(|found| found.map(WalletId::from_uuid))
+    let wallet =
+        crate::db::routes::wallet_of(conn, tenant.as_uuid(), transaction.as_uuid()).await?;
+    Ok(wallet.map(WalletId::from_uuid))
 }

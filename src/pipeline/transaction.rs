@@ -8,7 +8,7 @@ use diesel_async::pooled_connection::deadpool::Object;
 use std::future::Future;
 
 use super::deadline::Deadline;
-use super::idempotency::ClaimLost;
+use super::idempotency::KEY_TAKEN_CONSTRAINTS;
 use super::outcome::PipelineError;
 use crate::config::DatabaseSettings;
 use crate::db::errors::{DbFailure, classify};
@@ -22,17 +22,36 @@ pub const TRANSACTION_ATTEMPTS_MAX: u32 = 3;
 pub enum TxError {
     /// The database refused or failed a statement.
     #[error(transparent)]
-    Db(#[from] diesel::result::Error),
-    /// Our idempotency lease lapsed and another request owns the key now; it will store the
-    /// answer, so this one reports the key as in progress.
-    #[error(transparent)]
-    ClaimLost(#[from] ClaimLost),
+    Db(diesel::result::Error),
+    /// The key's row was already there when this transaction stored its answer (a twin
+    /// committed first, or the answer was stored long ago and its cached copy is gone): the
+    /// transaction rolls back and the request is answered from that row.
+    #[error("the idempotency key already has a stored answer")]
+    KeyTaken,
     /// Input found invalid only against the locked row (a 400 that is not stored).
     #[error("rejected: {0}")]
     Rejected(String),
     /// The response could not be rendered (a bug).
     #[error("rendering the response: {0}")]
     Render(anyhow::Error),
+}
+
+impl From<diesel::result::Error> for TxError {
+    /// A unique violation that says "this key already produced its effect" is
+    /// [`TxError::KeyTaken`]; anything else is the database's.
+    fn from(error: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match &error {
+            Error::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+                if info
+                    .constraint_name()
+                    .is_some_and(|name| KEY_TAKEN_CONSTRAINTS.contains(&name)) =>
+            {
+                TxError::KeyTaken
+            }
+            _ => TxError::Db(error),
+        }
+    }
 }
 
 impl TxError {
@@ -113,7 +132,8 @@ impl From<TxError> for PipelineError {
     fn from(error: TxError) -> Self {
         match error {
             TxError::Db(error) => PipelineError::from_db(error),
-            TxError::ClaimLost(_) => PipelineError::IdempotencyKeyInProgress,
+            // Callers answer from the stored row first; one that does not reports the twin.
+            TxError::KeyTaken => PipelineError::IdempotencyKeyInProgress,
             TxError::Rejected(reason) => PipelineError::Rejected(reason),
             TxError::Render(error) => PipelineError::Internal(error),
         }

@@ -908,30 +908,7 @@ async fn a_twin_in_flight_gets_409_and_a_held_lock_answers_503_which_is_not_stor
     };
 
     // Wait until the first request has claimed its key (it is now waiting on the lock).
-    let mut db = app.db().await;
-    let mut claimed = false;
-    for _ in 0..100 {
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let count: Count = diesel_async::RunQueryDsl::get_result(
-            diesel::sql_query(
-                "SELECT count(*) AS n FROM idempotency_keys \
-                 WHERE idempotency_key = 'held' AND state = 'in_progress'",
-            ),
-            &mut db,
-        )
-        .await
-        .unwrap();
-        if count.n == 1 {
-            claimed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(claimed, "the first request never claimed its key");
+    app.wait_for_claim("held").await;
 
     let twin = app.post(&path, "held", &body).await;
     assert_eq!(twin.headers()["retry-after"], "1");

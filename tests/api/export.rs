@@ -451,10 +451,11 @@ pub async fn seed_chain(
                 .await?;
         }
         c.batch_execute(&format!(
-            "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, \
-                 state, response_status, response_body, completed_at) \
-             SELECT tenant_id, idempotency_key, sha256(idempotency_key::bytea), wallet_id, \
-                 'completed', 201, '\\x7b7d'::bytea, created_at \
+            "INSERT INTO idempotency_keys (result_id, tenant_id, idempotency_key, fingerprint, \
+                 wallet_id, state, response_status, response_body, created_at, completed_at) \
+             SELECT walletd_result_id(tenant_id, idempotency_key), tenant_id, idempotency_key, \
+                 sha256(idempotency_key::bytea), wallet_id, \
+                 'completed', 201, '\\x7b7d'::bytea, created_at, created_at \
              FROM ledger_entries WHERE wallet_id = '{wallet_id}'; \
              UPDATE wallets SET balance = {balance}, last_seq = {count}, \
                  last_hash = '{last_hash}', version = version + {count} \

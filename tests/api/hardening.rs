@@ -15,6 +15,7 @@ use walletd::config::Settings;
 use walletd::domain::{IdempotencyKey, TenantId, WalletId};
 use walletd::pipeline::deadline::Deadline;
 use walletd::pipeline::idempotency::{self, Begin, Fingerprint, IdempotentRequest};
+use walletd::pipeline::replay_cache::ReplayCache;
 
 use crate::helpers::{
     POLL_INTERVAL, PrivateRedis, TestApp, assert_problem, base_settings, new_key,
@@ -406,8 +407,16 @@ async fn key_rows(app: &TestApp, key: &str) -> i64 {
     .await
 }
 
+async fn entries_with_key(app: &TestApp, key: &str) -> i64 {
+    count(
+        app,
+        &format!("SELECT count(*) AS n FROM ledger_entries WHERE idempotency_key = '{key}'"),
+    )
+    .await
+}
+
 /// Guard: `Claim`'s `Drop`. A claim dropped without an answer (as on a panic or a cancelled
-/// task) frees its key at once instead of holding it for the whole lease.
+/// task) clears its in-flight marker at once instead of holding the key for the whole lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_dropped_without_an_answer_frees_its_key() {
     let app = TestApp::spawn().await;
@@ -421,16 +430,19 @@ async fn a_claim_dropped_without_an_answer_frees_its_key() {
         settings
     })
     .unwrap();
+    let redis = walletd::redis_nodes::RedisNodes::connect(&app.settings.redis).unwrap();
+    let cache = ReplayCache::new(redis, Duration::from_secs(60));
     let request = request_for(&app, &key, &wallet, &body);
     let lease = Duration::from_secs(60);
     let deadline = Deadline::after(Duration::from_secs(5));
-    let Begin::Claimed(claim) = idempotency::begin(&pool, &request, lease, deadline)
+    let Begin::Claimed(claim) = idempotency::begin(&pool, &cache, &request, lease, deadline)
         .await
         .unwrap()
     else {
         panic!("a fresh key is claimed");
     };
-    assert_eq!(key_rows(&app, &key).await, 1);
+    assert!(crate::helpers::in_flight_marker_set(&app, &key).await);
+    assert_eq!(key_rows(&app, &key).await, 0, "nothing is written before the transaction");
     assert_problem(
         app.post(&format!("/v1/wallets/{wallet}/debit"), &key, &body)
             .await,
@@ -445,7 +457,7 @@ async fn a_claim_dropped_without_an_answer_frees_its_key() {
     .await;
     assert!(panicked.is_err());
     let dropped = Instant::now();
-    while key_rows(&app, &key).await != 0 {
+    while crate::helpers::in_flight_marker_set(&app, &key).await {
         assert!(dropped.elapsed() < Duration::from_secs(3), "key still held");
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -455,49 +467,76 @@ async fn a_claim_dropped_without_an_answer_frees_its_key() {
     assert_eq!(retry.status(), StatusCode::CREATED);
 }
 
-/// Guard: the takeover's `FOR UPDATE SKIP LOCKED` and lease predicate. A marker whose lease
-/// lapsed but whose first request is still inside its transaction (the row is locked) is
-/// answered 409 at once, not 503 after a lock wait.
+/// Guard: the read of Postgres before a 409. A marker left behind by a request that already
+/// committed (its answer not cached yet, or the cache lost) never hides the stored answer; a
+/// marker with no stored answer behind it is a twin in flight: 409.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_takeover_of_a_key_still_in_a_transaction_answers_409_at_once() {
-    let app = TestApp::spawn_with(|s| s.database.lock_timeout_ms = 3000).await;
+async fn a_marker_answers_409_only_while_nothing_is_stored() {
+    let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "10.00").await;
+    let path = format!("/v1/wallets/{wallet}/debit");
+    let body = json!({"amount": "1.00", "currency": "EUR"});
+    let mut redis = app.redis().await;
+    let set_marker = |key: &str| {
+        redis::cmd("SET")
+            .arg(crate::helpers::idempotency_redis_key(&app, "inflight", key))
+            .arg("someone-else")
+            .arg("PX")
+            .arg(60_000)
+            .to_owned()
+    };
+
+    // Committed, then its cached copy lost and a stale marker in its place: replayed.
+    let key = new_key();
+    let first = app.post(&path, &key, &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_body = first.bytes().await.unwrap();
+    crate::helpers::forget_replay_cache(&app, &key).await;
+    let _: () = set_marker(&key).query_async(&mut redis).await.unwrap();
+    let replay = app.post(&path, &key, &body).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+
+    // A marker and nothing stored: a twin in flight.
+    let twin = new_key();
+    let _: () = set_marker(&twin).query_async(&mut redis).await.unwrap();
+    assert_problem(app.post(&path, &twin, &body).await, 409, "idempotency_key_in_progress").await;
+    assert_eq!(entries_with_key(&app, &twin).await, 0);
+}
+
+/// Guard: the key table's primary key, not the Redis marker. A request whose key has its row
+/// already (stored long ago, its cached copy and marker gone) runs into the row inside its
+/// transaction, rolls back everything it wrote, and answers what the row stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_row_exists_is_answered_from_it_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "10.00").await;
+    let path = format!("/v1/wallets/{wallet}/debit");
     let body = json!({"amount": "1.00", "currency": "EUR"});
     let key = new_key();
-    let request = request_for(&app, &key, &wallet, &body);
-    // A committed marker whose lease lapsed a second ago...
-    let mut first = app.db().await;
-    first
-        .batch_execute(&format!(
-            "INSERT INTO idempotency_keys \
-                 (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
-             VALUES ('{}', '{key}', '\\x{}', '{wallet}', 'in_progress', '{}', now() - interval '1 second')",
-            app.tenant_id,
-            hex::encode(request.fingerprint.as_bytes()),
-            Uuid::new_v4()
-        ))
-        .await
-        .unwrap();
-    // ...and its request, still alive, inside its transaction (holding the marker's row lock).
-    first
-        .batch_execute(&format!(
-            "BEGIN; SELECT * FROM idempotency_keys WHERE idempotency_key = '{key}' FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let response = app
-        .post(&format!("/v1/wallets/{wallet}/debit"), &key, &body)
-        .await;
-    assert_problem(response, 409, "idempotency_key_in_progress").await;
-    assert!(started.elapsed() < Duration::from_millis(1500));
-    first.batch_execute("ROLLBACK").await.unwrap();
-    // Once the first request is gone, the lapsed lease is taken over.
-    let response = app
-        .post(&format!("/v1/wallets/{wallet}/debit"), &key, &body)
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+    let first = app.post(&path, &key, &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_body = first.bytes().await.unwrap();
+    crate::helpers::forget_replay_cache(&app, &key).await;
+
+    let replay = app.post(&path, &key, &body).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+    assert_eq!(entries_with_key(&app, &key).await, 1);
+    assert_eq!(key_rows(&app, &key).await, 1);
+    let balance = app.wallet(&wallet).await["balance"].clone();
+    assert_eq!(balance, "9.00", "the rolled-back attempt moved nothing");
+    assert!(!crate::helpers::in_flight_marker_set(&app, &key).await);
+
+    // The same key for another request: refused, from the row.
+    let other = json!({"amount": "2.00", "currency": "EUR"});
+    crate::helpers::forget_replay_cache(&app, &key).await;
+    assert_problem(app.post(&path, &key, &other).await, 422, "idempotency_key_reused").await;
+    assert_eq!(entries_with_key(&app, &key).await, 1);
 }
 
 /// Guard: the retention job and the `expired` state. After retention the stored answer is

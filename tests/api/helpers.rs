@@ -490,32 +490,12 @@ impl TestApp {
         .await
     }
 
-    /// Waits until a request with `idempotency_key` has claimed it (an `in_progress` row of
-    /// this app's tenant): the request is then past layer 1, waiting for the lock or in its
+    /// Waits until a request with `idempotency_key` has claimed it (its in-flight marker is
+    /// set in Redis): the request is then past layer 1, waiting for the lock or in its
     /// transaction.
     pub async fn wait_for_claim(&self, idempotency_key: &str) {
-        #[derive(diesel::QueryableByName)]
-        struct Count {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        let mut db = self.db().await;
-        let tenant = Uuid::parse_str(&self.tenant_id).unwrap();
         let deadline = Instant::now() + CLAIM_WAIT_MAX;
-        loop {
-            let claimed = diesel::sql_query(
-                "SELECT count(*) AS n FROM idempotency_keys \
-                 WHERE tenant_id = $1 AND idempotency_key = $2 AND state = 'in_progress'",
-            )
-            .bind::<diesel::sql_types::Uuid, _>(tenant)
-            .bind::<diesel::sql_types::Text, _>(idempotency_key)
-            .get_result::<Count>(&mut db)
-            .await
-            .unwrap()
-            .n;
-            if claimed == 1 {
-                return;
-            }
+        while !in_flight_marker_set(self, idempotency_key).await {
             assert!(
                 Instant::now() < deadline,
                 "no request claimed {idempotency_key} within {CLAIM_WAIT_MAX:?}"
@@ -909,12 +889,7 @@ pub fn reversal_effect(entry: &Value, earlier: &[Value], amount: Decimal) -> Dec
 
 /// Deletes this key's entry in the Redis replay cache (only this test's tenant's key).
 pub async fn forget_replay_cache(app: &TestApp, key: &str) {
-    use sha2::Digest;
-    let cache_key = format!(
-        "walletd:idem:{}:{}",
-        app.tenant_id,
-        hex::encode(sha2::Sha256::digest(key.as_bytes()))
-    );
+    let cache_key = idempotency_redis_key(app, "idem", key);
     let mut redis = redis::Client::open(base_settings().redis.urls[0].as_str())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -926,4 +901,26 @@ pub async fn forget_replay_cache(app: &TestApp, key: &str) {
         .await
         .unwrap();
     assert_eq!(deleted, 1, "no replay-cache entry for key {key}");
+}
+
+/// The Redis key of an idempotency key's cached answer (`kind` "idem") or in-flight marker
+/// ("inflight"), as `pipeline::replay_cache` names them.
+pub fn idempotency_redis_key(app: &TestApp, kind: &str, key: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "walletd:{kind}:{{{}:{}}}",
+        app.tenant_id,
+        hex::encode(sha2::Sha256::digest(key.as_bytes()))
+    )
+}
+
+/// Whether an idempotency key's in-flight marker is set in Redis.
+pub async fn in_flight_marker_set(app: &TestApp, key: &str) -> bool {
+    let mut redis = app.redis().await;
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(idempotency_redis_key(app, "inflight", key))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    exists == 1
 }

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use std::time::Duration;
 
 use crate::helpers::{TestApp, assert_problem, base_settings};
 
@@ -182,36 +182,32 @@ async fn wallet_creation_is_idempotent() {
     .await;
 }
 
+/// A request that crashed leaves its in-flight marker behind: twins get 409 until the marker's
+/// lease lapses, then the key executes, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
-    use diesel_async::SimpleAsyncConnection;
     let app = TestApp::spawn().await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "100.00").await;
-    // Markers as a crashed request leaves them, copied from a real request's row so that
-    // the fingerprint matches: one with a live lease, one whose lease lapsed.
-    let mut db = app.db().await;
-    let response = app.debit(&wallet, "crashed", "5.00").await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    db.batch_execute(
-        "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
-         SELECT tenant_id, 'in-flight', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() + interval '1 hour' \
-         FROM idempotency_keys WHERE idempotency_key = 'crashed';
-         INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
-         SELECT tenant_id, 'lapsed', fingerprint, wallet_id, 'in_progress', gen_random_uuid(), clock_timestamp() - interval '1 second' \
-         FROM idempotency_keys WHERE idempotency_key = 'crashed';"
-    )
-    .await
-    .unwrap();
-    // The fingerprint copied from 'crashed' is the same request (same path and body).
-    let in_flight = app.debit(&wallet, "in-flight", "5.00").await;
+    // The marker as a crashed request leaves it, with a short lease left.
+    let mut redis = app.redis().await;
+    let _: () = redis::cmd("SET")
+        .arg(crate::helpers::idempotency_redis_key(&app, "inflight", "crashed"))
+        .arg("a-crashed-request")
+        .arg("PX")
+        .arg(1_500)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let in_flight = app.debit(&wallet, "crashed", "5.00").await;
     assert_eq!(in_flight.headers()["retry-after"], "1");
     assert_problem(in_flight, 409, "idempotency_key_in_progress").await;
-    let lapsed = app.debit(&wallet, "lapsed", "5.00").await;
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let lapsed = app.debit(&wallet, "crashed", "5.00").await;
     assert_eq!(lapsed.status(), StatusCode::CREATED);
-    let replay = app.debit(&wallet, "lapsed", "5.00").await;
+    let replay = app.debit(&wallet, "crashed", "5.00").await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
-    assert_eq!(app.wallet(&wallet).await["balance"], "90.00");
+    assert_eq!(app.wallet(&wallet).await["balance"], "95.00");
     app.assert_invariants(&wallet).await;
 }
 
@@ -261,12 +257,11 @@ async fn numbers_beyond_float_precision_are_refused_and_the_key_stays_free() {
 /// The replay cache's keys of one tenant: `walletd:idem:<tenant>:<sha256(key)>`
 /// (`src/pipeline/replay_cache.rs`), on the first Redis node.
 fn replay_cache_pattern(app: &TestApp) -> String {
-    format!("walletd:idem:{}:*", app.tenant_id)
+    format!("walletd:idem:{{{}:*", app.tenant_id)
 }
 
 fn replay_cache_key(app: &TestApp, idempotency_key: &str) -> String {
-    let digest = Sha256::digest(idempotency_key.as_bytes());
-    format!("walletd:idem:{}:{}", app.tenant_id, hex::encode(digest))
+    crate::helpers::idempotency_redis_key(app, "idem", idempotency_key)
 }
 
 /// Deletes this tenant's replay-cache entries (SCAN + DEL: nothing of other tests is

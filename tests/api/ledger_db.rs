@@ -102,15 +102,16 @@ fn assert_refused(
     }
 }
 
-/// An in-flight idempotency row naming `wallet`, which a hand-written ledger entry's foreign
-/// key needs.
+/// A stored idempotency row naming `wallet`, which a hand-written ledger entry's deferred key
+/// check needs.
 fn idempotency_row(tenant: &str, key: &str, wallet: &str) -> String {
     format!(
         "INSERT INTO idempotency_keys \
-             (tenant_id, idempotency_key, fingerprint, wallet_id, state, lease_token, lease_expires_at) \
-         VALUES ('{tenant}', '{key}', decode(repeat('ab', 32), 'hex'), '{wallet}', 'in_progress', \
-                 '{}', now() + interval '1 hour')",
-        Uuid::new_v4()
+             (result_id, tenant_id, idempotency_key, fingerprint, wallet_id, state, \
+              response_status, response_body, created_at, completed_at) \
+         VALUES (walletd_result_id('{tenant}', '{key}'), '{tenant}', '{key}', \
+                 decode(repeat('ab', 32), 'hex'), '{wallet}', 'completed', 201, '\\x7b7d', \
+                 now(), now())"
     )
 }
 
@@ -145,12 +146,12 @@ fn entry(
         "UPDATE wallets SET last_hash = encode(sha256('{id}'::bytea), 'hex') WHERE id = '{wallet}'; \
          INSERT INTO ledger_entries \
              (wallet_id, seq, id, tenant_id, entry_type, amount, currency, balance_before, \
-              balance_after, idempotency_key, prev_hash, hash) \
+              balance_after, idempotency_key, prev_hash, hash, created_at) \
          VALUES ('{wallet}', {seq}, '{id}', '{tenant}', '{kind}', {amount}, 'EUR', {before}, \
                  {after}, '{key}', \
                  coalesce((SELECT hash FROM ledger_entries \
                            WHERE wallet_id = '{wallet}' AND seq = {seq} - 1), repeat('0', 64)), \
-                 encode(sha256('{id}'::bytea), 'hex'))"
+                 encode(sha256('{id}'::bytea), 'hex'), now())"
     )
 }
 
@@ -408,8 +409,8 @@ async fn a_balance_change_without_a_ledger_entry_fails_at_commit() {
     // A new wallet cannot be born with money.
     assert_refused(
         conn.batch_execute(&format!(
-            "INSERT INTO wallets (id, tenant_id, currency, balance) \
-             VALUES ('{}', '{}', 'EUR', 50)",
+            "INSERT INTO wallets (id, tenant_id, currency, balance, created_at, updated_at) \
+             VALUES ('{}', '{}', 'EUR', 50, now(), now())",
             Uuid::now_v7(),
             app.tenant_id
         ))
@@ -553,8 +554,8 @@ async fn a_second_ledger_entry_for_an_idempotency_key_is_impossible() {
         )
         .await,
         DatabaseErrorKind::ForeignKeyViolation,
-        "ledger_entries_key",
-        Some("ledger_entries_key"),
+        "has no idempotency key",
+        None,
     );
     // ...even after trying to point a second key row at the other wallet.
     assert_refused(
@@ -572,7 +573,7 @@ async fn a_second_ledger_entry_for_an_idempotency_key_is_impossible() {
         Some("idempotency_keys_pkey"),
     );
     // ...or by re-pointing the existing key row (refused by the only-forward trigger, and
-    // behind it by the first entry's foreign key).
+    // behind it by the first entry's deferred key check).
     assert_refused(
         conn.batch_execute(&format!(
             "UPDATE idempotency_keys SET wallet_id = '{second}' \
@@ -580,7 +581,7 @@ async fn a_second_ledger_entry_for_an_idempotency_key_is_impossible() {
         ))
         .await,
         DatabaseErrorKind::RestrictViolation,
-        "tenant, key, fingerprint and wallet never change",
+        "only its state, body and expiry change",
         None,
     );
     // An entry whose key has no row at all.
@@ -595,8 +596,8 @@ async fn a_second_ledger_entry_for_an_idempotency_key_is_impossible() {
         )
         .await,
         DatabaseErrorKind::ForeignKeyViolation,
-        "ledger_entries_key",
-        Some("ledger_entries_key"),
+        "has no idempotency key",
+        None,
     );
 
     assert_eq!(snapshot(&mut conn).await, before);

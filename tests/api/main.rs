@@ -4,6 +4,7 @@
 mod audit;
 mod balance_cache;
 mod batching;
+mod catalog;
 mod cli;
 mod concurrency;
 mod errors;

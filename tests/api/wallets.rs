@@ -199,9 +199,10 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
              BEGIN
                SELECT tenant_id INTO t FROM wallets WHERE id = w;
                FOR i IN 1..1000 LOOP
-                 INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, wallet_id, state,
-                                               response_status, response_body, completed_at)
-                 VALUES (t, 'bulk-' || i, sha256(('bulk-' || i)::bytea), w, 'completed', 201, '\\x7b7d', clock_timestamp());
+                 INSERT INTO idempotency_keys (result_id, tenant_id, idempotency_key, fingerprint, wallet_id,
+                                               state, response_status, response_body, created_at, completed_at)
+                 VALUES (walletd_result_id(t, 'bulk-' || i), t, 'bulk-' || i, sha256(('bulk-' || i)::bytea), w,
+                         'completed', 201, '\\x7b7d', now(), now());
                  UPDATE wallets SET balance = balance + 1000000000000000, last_seq = last_seq + 1,
                                     version = version + 1,
                                     last_hash = encode(sha256(('bulk-' || i)::bytea), 'hex')
@@ -212,10 +213,10 @@ async fn a_credit_past_the_maximum_balance_is_refused() {
                    FROM wallets WHERE id = w;
                  INSERT INTO ledger_entries (wallet_id, seq, id, tenant_id, entry_type, amount, currency,
                                              balance_before, balance_after, idempotency_key,
-                                             prev_hash, hash)
+                                             prev_hash, hash, created_at)
                  VALUES (w, i, gen_random_uuid(), t, 'credit', 1000000000000000, 'EUR',
                          running, running + 1000000000000000, 'bulk-' || i,
-                         previous, encode(sha256(('bulk-' || i)::bytea), 'hex'));
+                         previous, encode(sha256(('bulk-' || i)::bytea), 'hex'), now());
                  previous := encode(sha256(('bulk-' || i)::bytea), 'hex');
                  running := running + 1000000000000000;
                END LOOP;
