@@ -72,12 +72,6 @@ DB="walletd_cluster_$$"
 declare -a REDIS_PORTS WALLETD_PORTS WALLETD_PIDS
 CHILD=""
 LOAD_PID=""
-# Evidence from nginx's access log: requests the restarted replica answered after its restart
-# (passive failover brought it back), and requests nginx moved to another replica.
-VICTIM_SERVED=$(awk -v t="$RESTARTED_AT" -v u="upstream=127.0.0.1:${WALLETD_PORTS[$victim]}" \
-  '$1 > t && $5 == u' "$TMP/nginx/access.log" | wc -l)
-NEXT_UPSTREAM=$(grep -c 'upstream=[^ ]*, ' "$TMP/nginx/access.log" || true)
-log "nginx: the restarted replica answered $VICTIM_SERVED requests after its restart; $NEXT_UPSTREAM requests were moved to another replica"
 DB_CREATED=""
 
 cleanup() {
@@ -241,9 +235,13 @@ REDIS_STOPS=0
 REVOCATIONS=()
 sleep 5
 victim=1
-log "fault: SIGKILL walletd $victim (pid ${WALLETD_PIDS[$victim]}) mid-load"
-kill -KILL "${WALLETD_PIDS[$victim]}"
-wait "${WALLETD_PIDS[$victim]}" 2>/dev/null || true
+# Frozen first (SIGSTOP) for a moment, so the SIGKILL lands on requests the replica has
+# accepted and not answered (some mid-transaction, some committed but unanswered): at this
+# load a bare kill catches about one request in flight.
+log "fault: SIGSTOP then SIGKILL walletd $victim (pid ${WALLETD_PIDS[$victim]}) mid-load"
+kill -STOP "${WALLETD_PIDS[$victim]}"
+sleep 0.7
+{ kill -KILL "${WALLETD_PIDS[$victim]}"; wait "${WALLETD_PIDS[$victim]}"; } 2>/dev/null || true
 REPLICA_KILLS=$((REPLICA_KILLS + 1))
 sleep 1.5
 log "fault: restarting walletd $victim"
@@ -265,6 +263,14 @@ CHILD=$LOAD_PID
 wait "$LOAD_PID" || { log "the load driver failed"; FAILED=1; }
 CHILD=""
 LOAD_PID=""
+# Evidence from nginx's access log: requests the restarted replica answered after its restart
+# (passive failover brought it back), and requests nginx moved to another replica.
+VICTIM_SERVED=$(awk -v t="$RESTARTED_AT" -v u="upstream=127.0.0.1:${WALLETD_PORTS[$victim]}" \
+  '$1 > t && $5 == u' "$TMP/nginx/access.log" | wc -l)
+INFLIGHT_KILLED=$(awk -v u="upstream=127.0.0.1:${WALLETD_PORTS[$victim]}" \
+  '$4 == 502 && $5 == u' "$TMP/nginx/access.log" | wc -l)
+NEXT_UPSTREAM=$(grep -c 'upstream=[^ ]*, ' "$TMP/nginx/access.log" || true)
+log "nginx: $INFLIGHT_KILLED requests were in flight on the killed replica (502 to the client), $NEXT_UPSTREAM were moved to another replica, the restarted replica answered $VICTIM_SERVED after its restart"
 
 # --- after the faults ---------------------------------------------------------------------------
 drive settle || FAILED=1
@@ -274,5 +280,6 @@ drive revoke --which 2 --label redis_up || FAILED=1
 REVOCATIONS+=(redis_up)
 drive summary --replica-kills "$REPLICA_KILLS" --redis-stops "$REDIS_STOPS" \
   --victim-served "$VICTIM_SERVED" --next-upstream "$NEXT_UPSTREAM" \
+  --inflight-killed "$INFLIGHT_KILLED" \
   --seconds "$(( $(date +%s) - STARTED ))" --revocations "${REVOCATIONS[@]}" || FAILED=1
 exit "$FAILED"

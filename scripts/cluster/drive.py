@@ -820,6 +820,8 @@ def cmd_summary(args):
         failures.append("faults")
     if args.victim_served < 1:
         failures.append("restarted_replica_unused")
+    if args.inflight_killed < 1:
+        failures.append("kill_missed_in_flight_requests")
     fields = [
         f"requests={v.get('requests', '?')}",
         f"acknowledged={v.get('acknowledged', '?')}",
@@ -836,6 +838,7 @@ def cmd_summary(args):
         f"invariants={'ok' if v.get('invariants') else 'FAILED'}",
         f"audit={'ok' if v.get('audit_cli') and v.get('audited') == v.get('wallets') else 'FAILED'}",
         f"replica_kills={args.replica_kills}",
+        f"killed_in_flight={args.inflight_killed}",
         f"restarted_replica_served={args.victim_served}",
         f"nginx_next_upstream={args.next_upstream}",
         f"redis_stops={args.redis_stops}",
@@ -892,6 +895,8 @@ def main():
     p.add_argument("--revocations", nargs="*", default=[])
     p.add_argument("--victim-served", type=int, default=0,
                    help="requests the killed replica answered after its restart")
+    p.add_argument("--inflight-killed", type=int, default=0,
+                   help="requests in flight on the replica when it was killed")
     p.add_argument("--next-upstream", type=int, default=0,
                    help="requests nginx moved to another replica")
     args = parser.parse_args()
