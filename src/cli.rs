@@ -31,14 +31,10 @@ const DEDUPE_WINDOW: usize = 100_000;
     about = "Idempotent wallet debit/credit service"
 )]
 pub struct Cli {
-    /// Directory holding default.toml and $WALLETD_ENV.toml.
-    #[arg(
-        long,
-        env = "WALLETD_CONFIG_DIR",
-        default_value = "config",
-        global = true
-    )]
-    config_dir: PathBuf,
+    /// Directory holding default.toml and $WALLETD_ENV.toml; it must exist. Default: ./config
+    /// if it exists, else the defaults built into the binary.
+    #[arg(long, env = "WALLETD_CONFIG_DIR", global = true)]
+    config_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -130,30 +126,51 @@ enum KeyCommand {
     Revoke { key_id: String },
 }
 
+/// Runs the command line. A failure is printed once, as one plain line on stderr
+/// (`error: ` and the cause chain, never a backtrace), and exits 1.
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     match execute(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = ?error, "walletd failed");
-            let _ = writeln!(std::io::stderr(), "error: {error:#}");
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
 }
 
+/// The error and its causes, `: `-separated, on one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}").replace('\n', " ")
+}
+
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(&cli.config_dir)?;
+    let settings = match &cli.config_dir {
+        Some(dir) => Settings::load(dir)?,
+        None => Settings::load_default()?,
+    };
     telemetry::init(settings.log.format);
     match cli.command {
         Command::Serve { no_migrate } => {
             if settings.database.run_migrations_on_start && !no_migrate {
-                migrate(&settings).await?;
+                for name in migrate(&settings).await? {
+                    tracing::info!(migration = %name, "migration applied");
+                }
             }
             Application::build(&settings)?.run_until_stopped().await?;
             Ok(())
         }
-        Command::Migrate => migrate(&settings).await,
+        Command::Migrate => {
+            let applied = migrate(&settings).await?;
+            let mut stdout = std::io::stdout().lock();
+            if applied.is_empty() {
+                writeln!(stdout, "no pending migrations")?;
+            }
+            for name in applied {
+                writeln!(stdout, "applied migration {name}")?;
+            }
+            Ok(())
+        }
         Command::Tenant {
             command: TenantCommand::Create { name, scopes },
         } => {
@@ -242,12 +259,13 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Creates the database if missing, applies the migrations, then gives entries written before
-/// the hash chain existed their chain (under the same migration lock).
-async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+/// the hash chain existed their chain (under the same migration lock). Returns the names of
+/// the migrations applied.
+async fn migrate(settings: &Settings) -> anyhow::Result<Vec<String>> {
     db::create_database_if_missing(&settings.database.url).await?;
-    let mut conn = db::run_migrations(&settings.database.url).await?;
+    let (mut conn, applied) = db::apply_migrations(&settings.database.url).await?;
     pipeline::chain::backfill(&mut conn).await?;
-    Ok(())
+    Ok(applied)
 }
 
 async fn connect(settings: &Settings) -> anyhow::Result<AsyncPgConnection> {

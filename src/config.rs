@@ -166,9 +166,30 @@ pub struct CacheSettings {
     pub ttl_ms: u64,
 }
 
+/// Where settings are looked for when no directory is named.
+const DEFAULT_CONFIG_DIR: &str = "config";
+
 impl Settings {
-    /// Loads settings from `config_dir` (normally `./config`) and the process environment.
+    /// Loads settings from `config_dir` (named with `--config-dir` / `WALLETD_CONFIG_DIR`) and
+    /// the process environment. The directory must exist: a mistyped one is an error, never a
+    /// silent fall back to the defaults. Without a `default.toml` in it, the defaults built
+    /// into the binary apply.
     pub fn load(config_dir: &Path) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config_dir.is_dir(),
+            "configuration directory {} does not exist or is not a directory",
+            config_dir.display()
+        );
+        Self::load_from(config_dir)
+    }
+
+    /// Loads settings from `./config` if it exists, else from the defaults built into the
+    /// binary (an installed binary outside the source tree), then the process environment.
+    pub fn load_default() -> anyhow::Result<Self> {
+        Self::load_from(Path::new(DEFAULT_CONFIG_DIR))
+    }
+
+    fn load_from(config_dir: &Path) -> anyhow::Result<Self> {
         let env_name = std::env::var("WALLETD_ENV").ok();
         let default_file = config_dir.join("default.toml");
         // Outside the source tree (an installed binary), the defaults built into it apply.

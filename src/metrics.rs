@@ -1,5 +1,16 @@
-//! Prometheus metrics, served as text at `/metrics`.
+//! Prometheus metrics, served as text at `/metrics`. Every family, its labels and what it
+//! means are listed in `docs/metrics.md`; keep the two in step.
+//!
+//! Labels are bounded: every label value comes from a fixed set in this file (route patterns,
+//! [`METHOD_LABELS`], [`Operation`], [`DECISION_CODES`], layer and reason names) or from the
+//! configuration (Redis node indexes); nothing a client sends becomes a label value.
+//!
+//! Most families belong to one [`Metrics`] (one per running service). A few are counted where
+//! no `Metrics` is at hand (the pool checkout, a transaction retry, the lock's Redis quorum, a
+//! Redis command, admission): those are process-wide ([`Shared`]) and every `Metrics` exports
+//! them. A process runs one service, so for a scrape the difference does not show.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
@@ -27,6 +38,12 @@ pub struct Metrics {
     relay_partitions: IntGauge,
     cache_reads: IntCounterVec,
     cache_writes: IntCounterVec,
+    decisions: IntCounterVec,
+    redis_node_up: IntGaugeVec,
+    redis_node_info: IntGaugeVec,
+    redis_quorum: IntGauge,
+    /// `process_*` (resident memory, CPU, fds, start time), without the `walletd_` prefix.
+    process: Registry,
 }
 
 /// HTTP methods that get their own label value; any other method a client invents is `OTHER`,
@@ -38,6 +55,256 @@ fn method_label(method: &str) -> &'static str {
         .into_iter()
         .find(|known| *known == method)
         .unwrap_or("OTHER")
+}
+
+/// The mutating operations: the `operation` label of `walletd_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    CreateWallet,
+    Debit,
+    Credit,
+    PlaceHold,
+    Capture,
+    Void,
+    Reverse,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 7] = [
+        Operation::CreateWallet,
+        Operation::Debit,
+        Operation::Credit,
+        Operation::PlaceHold,
+        Operation::Capture,
+        Operation::Void,
+        Operation::Reverse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::CreateWallet => "create_wallet",
+            Operation::Debit => "debit",
+            Operation::Credit => "credit",
+            Operation::PlaceHold => "place_hold",
+            Operation::Capture => "capture",
+            Operation::Void => "void",
+            Operation::Reverse => "reverse",
+        }
+    }
+}
+
+/// What a mutating request came to: the `code` label of `walletd_decisions_total`. `applied`
+/// (a fresh 2xx), `replayed` (a stored answer, whatever it was), `in_progress` (409: the same
+/// key is executing), otherwise the problem code the client got (API.md, Error codes, and the
+/// README's additions). Anything else is `other`, so the set stays fixed.
+pub const DECISION_CODES: [&str; 31] = [
+    "applied",
+    "replayed",
+    "in_progress",
+    "lock_timeout",
+    "unavailable",
+    "rate_limited",
+    // Business declines, stored and replayed.
+    "insufficient_funds",
+    "currency_mismatch",
+    "wallet_not_found",
+    "wallet_closed",
+    "hold_not_found",
+    "hold_expired",
+    "hold_not_active",
+    "capture_exceeds_hold",
+    "transaction_not_found",
+    "reversal_exceeds_original",
+    "not_reversible",
+    // Refused before anything executed (not stored).
+    "validation_failed",
+    "idempotency_key_missing",
+    "idempotency_key_invalid",
+    "idempotency_key_reused",
+    "idempotency_key_expired",
+    "unauthorized",
+    "forbidden",
+    "payload_too_large",
+    "request_timeout",
+    "unsupported_media_type",
+    "method_not_allowed",
+    "not_found",
+    "internal_error",
+    "other",
+];
+
+/// The [`DECISION_CODES`] entry for a problem code (`idempotency_key_in_progress` is
+/// `in_progress`); `other` for anything unknown.
+pub fn decision_label(code: &str) -> &'static str {
+    let code = match code {
+        "idempotency_key_in_progress" => "in_progress",
+        other => other,
+    };
+    DECISION_CODES
+        .into_iter()
+        .find(|known| *known == code)
+        .unwrap_or("other")
+}
+
+/// Decision codes whose series exist from the start for every operation, so that a rate over
+/// them (and an alert on it) has a series before the first occurrence.
+const DECISION_CODES_PRESET: [&str; 7] = [
+    "applied",
+    "replayed",
+    "in_progress",
+    "lock_timeout",
+    "unavailable",
+    "rate_limited",
+    "internal_error",
+];
+
+/// `walletd_build_info` labels.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit, when the build sets `WALLETD_GIT_SHA` (e.g. `WALLETD_GIT_SHA=$(git rev-parse
+/// HEAD) cargo build`); `unknown` otherwise.
+const GIT_SHA: &str = match option_env!("WALLETD_GIT_SHA") {
+    Some(sha) => sha,
+    None => "unknown",
+};
+const PROFILE: &str = if cfg!(debug_assertions) {
+    "debug"
+} else {
+    "release"
+};
+
+/// Process-wide instruments, for code that has no [`Metrics`] at hand. Made by the first
+/// [`Metrics::new`] and registered with every one; before that, counting is a no-op.
+struct Shared {
+    pool_wait: HistogramVec,
+    transaction_retries: IntCounter,
+    quorum_failures: IntCounter,
+    database_only: IntCounter,
+    redis_errors: IntCounterVec,
+    rate_limited: IntCounter,
+    admitted_unchecked: IntCounter,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+
+impl Shared {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            pool_wait: HistogramVec::new(
+                HistogramOpts::new(
+                    "db_pool_wait_seconds",
+                    "Time the pipeline waited for a pooled Postgres connection, by result: ok, \
+                     timeout (database.pool_wait_timeout_ms or the deadline), error",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]),
+                &["result"],
+            )?,
+            transaction_retries: IntCounter::new(
+                "transaction_retries_total",
+                "Pipeline transactions run again after a serialization failure or deadlock",
+            )?,
+            quorum_failures: IntCounter::new(
+                "redlock_quorum_failures_total",
+                "Lock attempts that found too many Redis nodes unreachable for a quorum",
+            )?,
+            database_only: IntCounter::new(
+                "lock_database_only_total",
+                "Requests that went on under the Postgres row lock alone (Redis quorum \
+                 unreachable, lock.redis_unavailable = database_only)",
+            )?,
+            redis_errors: IntCounterVec::new(
+                Opts::new(
+                    "redis_command_errors_total",
+                    "Redis commands without an answer, by node index and kind: connect, \
+                     timeout, command (the node answered with an error), backoff (not tried: \
+                     a connect was started less than 250 ms ago)",
+                ),
+                &["node", "kind"],
+            )?,
+            rate_limited: IntCounter::new(
+                "rate_limited_total",
+                "Requests refused with 429 rate_limited (per-key limit, any route)",
+            )?,
+            admitted_unchecked: IntCounter::new(
+                "admission_unchecked_total",
+                "Requests admitted without the revocation and rate-limit check because Redis \
+                 did not answer (fail open)",
+            )?,
+        })
+    }
+
+    fn get() -> Option<&'static Shared> {
+        SHARED.get()
+    }
+
+    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.pool_wait.clone()))?;
+        registry.register(Box::new(self.transaction_retries.clone()))?;
+        registry.register(Box::new(self.quorum_failures.clone()))?;
+        registry.register(Box::new(self.database_only.clone()))?;
+        registry.register(Box::new(self.redis_errors.clone()))?;
+        registry.register(Box::new(self.rate_limited.clone()))?;
+        registry.register(Box::new(self.admitted_unchecked.clone()))?;
+        Ok(())
+    }
+}
+
+/// One pipeline checkout from the Postgres pool; `result`: `ok`, `timeout` or `error`.
+pub fn observe_pool_wait(waited: Duration, result: &'static str) {
+    if let Some(shared) = Shared::get() {
+        shared
+            .pool_wait
+            .with_label_values(&[result])
+            .observe(waited.as_secs_f64());
+    }
+}
+
+/// A pipeline transaction about to run again (serialization failure or deadlock).
+pub fn count_transaction_retry() {
+    if let Some(shared) = Shared::get() {
+        shared.transaction_retries.inc();
+    }
+}
+
+/// A lock attempt that could not reach a quorum of Redis nodes.
+pub fn count_quorum_failure() {
+    if let Some(shared) = Shared::get() {
+        shared.quorum_failures.inc();
+    }
+}
+
+/// A request going on under the row lock alone (no Redis quorum).
+pub fn count_database_only() {
+    if let Some(shared) = Shared::get() {
+        shared.database_only.inc();
+    }
+}
+
+/// A Redis command to node `node` (its index in `redis.urls`) without an answer; `kind`:
+/// `connect`, `timeout`, `command` or `backoff`.
+pub fn count_redis_error(node: usize, kind: &'static str) {
+    if let Some(shared) = Shared::get() {
+        shared
+            .redis_errors
+            .with_label_values(&[&node.to_string(), kind])
+            .inc();
+    }
+}
+
+/// A request refused with 429.
+pub fn count_rate_limited() {
+    if let Some(shared) = Shared::get() {
+        shared.rate_limited.inc();
+    }
+}
+
+/// A request admitted without its Redis check (fail open).
+pub fn count_admitted_unchecked() {
+    if let Some(shared) = Shared::get() {
+        shared.admitted_unchecked.inc();
+    }
 }
 
 impl Metrics {
@@ -102,7 +369,11 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
         let pool = IntGaugeVec::new(
-            Opts::new("db_pool_connections", "Postgres pool connections by state"),
+            Opts::new(
+                "db_pool_connections",
+                "Postgres pool by state: max (pool size), open, idle, in_use (open - idle), \
+                 waiting (requests waiting for a connection); sampled at each scrape",
+            ),
             &["state"],
         )?;
         registry.register(Box::new(http_requests.clone()))?;
@@ -180,6 +451,62 @@ impl Metrics {
         registry.register(Box::new(relay_partitions.clone()))?;
         registry.register(Box::new(cache_reads.clone()))?;
         registry.register(Box::new(cache_writes.clone()))?;
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "decisions_total",
+                "Mutating requests by operation and what they came to (code): applied, \
+                 replayed, in_progress, or the problem code answered",
+            ),
+            &["operation", "code"],
+        )?;
+        for operation in Operation::ALL {
+            for code in DECISION_CODES_PRESET {
+                decisions.with_label_values(&[operation.as_str(), code]);
+            }
+        }
+        let redis_node_up = IntGaugeVec::new(
+            Opts::new(
+                "redis_node_up",
+                "1 if the Redis node (index in redis.urls) answered PING within \
+                 redis.command_timeout_ms at the last probe (every second), else 0",
+            ),
+            &["node"],
+        )?;
+        let redis_node_info = IntGaugeVec::new(
+            Opts::new(
+                "redis_node_info",
+                "Always 1: the configured address (host:port, never a password) of each node",
+            ),
+            &["node", "address"],
+        )?;
+        let redis_quorum = IntGauge::new(
+            "redis_quorum",
+            "Redis nodes that must grant a lock (N/2+1 of redis.urls)",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1: the running build"),
+            &["version", "git_sha", "profile"],
+        )?;
+        build_info
+            .with_label_values(&[VERSION, GIT_SHA, PROFILE])
+            .set(1);
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(redis_node_up.clone()))?;
+        registry.register(Box::new(redis_node_info.clone()))?;
+        registry.register(Box::new(redis_quorum.clone()))?;
+        registry.register(Box::new(build_info))?;
+        if Shared::get().is_none() {
+            // Two racing first calls both build one; the loser's is dropped unregistered.
+            let _ = SHARED.set(Shared::new()?);
+        }
+        if let Some(shared) = Shared::get() {
+            shared.register(&registry)?;
+        }
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        process.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             registry,
             http_requests,
@@ -200,7 +527,42 @@ impl Metrics {
             relay_partitions,
             cache_reads,
             cache_writes,
+            decisions,
+            redis_node_up,
+            redis_node_info,
+            redis_quorum,
+            process,
         })
+    }
+
+    /// What one mutating request came to (`code` is bounded by [`decision_label`]).
+    pub fn record_decision(&self, operation: Operation, code: &str) {
+        self.decisions
+            .with_label_values(&[operation.as_str(), decision_label(code)])
+            .inc();
+    }
+
+    /// The configured Redis nodes, by index: their addresses and the lock quorum. Each node
+    /// counts as down until its first probe.
+    pub fn describe_redis_nodes(&self, addresses: &[&str]) {
+        for (index, address) in addresses.iter().enumerate() {
+            let node = index.to_string();
+            self.redis_node_info
+                .with_label_values(&[node.as_str(), address])
+                .set(1);
+            self.redis_node_up
+                .with_label_values(&[node.as_str()])
+                .set(0);
+        }
+        self.redis_quorum
+            .set(i64::try_from(addresses.len() / 2 + 1).unwrap_or(i64::MAX));
+    }
+
+    /// The result of one probe of node `index`.
+    pub fn set_redis_node_up(&self, index: usize, up: bool) {
+        self.redis_node_up
+            .with_label_values(&[&index.to_string()])
+            .set(i64::from(up));
     }
 
     /// `route` must be a route pattern (or a fixed placeholder), never a raw path.
@@ -296,9 +658,12 @@ impl Metrics {
         gauge("max", pool.max_size);
         gauge("open", pool.size);
         gauge("idle", pool.available);
+        gauge("in_use", pool.size.saturating_sub(pool.available));
         gauge("waiting", pool.waiting);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         let mut buffer = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        TextEncoder::new().encode(&families, &mut buffer)?;
         Ok(String::from_utf8(buffer)?)
     }
 }

@@ -37,6 +37,18 @@ pub enum RedisCallError {
     Backoff { node: String, retry_in_ms: u128 },
 }
 
+impl RedisCallError {
+    /// The `kind` label of `walletd_redis_command_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RedisCallError::Connect { .. } => "connect",
+            RedisCallError::Command { .. } => "command",
+            RedisCallError::Timeout { .. } => "timeout",
+            RedisCallError::Backoff { .. } => "backoff",
+        }
+    }
+}
+
 /// After a connect is started, no other is for this long, whatever became of it: a node that
 /// accepts TCP but does not answer (frozen) costs one connect per period, not one per command.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
@@ -63,6 +75,8 @@ struct Slot {
 }
 
 pub struct RedisNode {
+    /// The node's place in `redis.urls`: its label in metrics.
+    index: usize,
     /// `host:port`, never the password: this label goes to logs and `/readyz`.
     label: String,
     client: redis::Client,
@@ -74,7 +88,7 @@ pub struct RedisNode {
 }
 
 impl RedisNode {
-    fn new(url: &str, settings: &RedisSettings) -> anyhow::Result<Self> {
+    fn new(index: usize, url: &str, settings: &RedisSettings) -> anyhow::Result<Self> {
         let parsed = url::Url::parse(url).with_context(|| "a Redis URL is not a URL".to_owned())?;
         let label = format!(
             "{}:{}",
@@ -84,6 +98,7 @@ impl RedisNode {
         let client = redis::Client::open(url)
             .with_context(|| format!("the Redis URL for {label} is not usable"))?;
         Ok(Self {
+            index,
             label,
             client,
             command_timeout: ms(settings.command_timeout_ms),
@@ -93,6 +108,11 @@ impl RedisNode {
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The node's place in `redis.urls` (from 0).
+    pub fn index(&self) -> usize {
+        self.index
     }
 
     /// The bound on one command (`redis.command_timeout_ms`).
@@ -138,7 +158,7 @@ impl RedisNode {
             }
         };
         let result = tokio::time::timeout(timeout, attempt).await;
-        result.unwrap_or_else(|_| {
+        let answer = result.unwrap_or_else(|_| {
             if let Some(shared) = used {
                 let in_a_row = shared.timeouts_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
                 if in_a_row >= TIMEOUTS_BEFORE_RECONNECT {
@@ -149,7 +169,11 @@ impl RedisNode {
                 node: self.label.clone(),
                 timeout_ms: timeout.as_millis(),
             })
-        })
+        });
+        if let Err(error) = &answer {
+            crate::metrics::count_redis_error(self.index, error.kind());
+        }
+        answer
     }
 
     /// The shared connection, connecting if there is none and none was started within
@@ -222,7 +246,8 @@ impl RedisNodes {
         let nodes = settings
             .urls
             .iter()
-            .map(|url| RedisNode::new(url, settings))
+            .enumerate()
+            .map(|(index, url)| RedisNode::new(index, url, settings))
             .collect::<anyhow::Result<Vec<_>>>()?;
         anyhow::ensure!(!nodes.is_empty(), "no Redis nodes configured");
         Ok(Self(Arc::new(nodes)))

@@ -11,9 +11,14 @@ use anyhow::Context;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::outbox::relay::Relay;
 use crate::pipeline::expiry;
 use crate::pipeline::retention::{self, RetentionPolicy};
+use crate::redis_nodes::RedisNodes;
+
+/// How often each Redis node is pinged for `walletd_redis_node_up`.
+const REDIS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct Application {
     port: u16,
@@ -42,6 +47,10 @@ impl Application {
             Duration::from_secs(settings.holds.sweep_interval_s),
         ));
         tokio::spawn(state.cache.clone().run_epoch_bumps_forever());
+        tokio::spawn(probe_redis_nodes_forever(
+            state.redis.clone(),
+            Arc::clone(&state.metrics),
+        ));
         if settings.events.relay_enabled {
             let relay = Relay::new(
                 state.db.clone(),
@@ -79,5 +88,20 @@ impl Application {
     /// `server.shutdown_timeout_s`.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.server.await
+    }
+}
+
+/// Pings every Redis node once per [`REDIS_PROBE_INTERVAL`] (each ping bounded by
+/// `redis.command_timeout_ms`, all at once) and records who answered.
+async fn probe_redis_nodes_forever(nodes: RedisNodes, metrics: Arc<Metrics>) {
+    let mut ticks = tokio::time::interval(REDIS_PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let answers =
+            futures_util::future::join_all(nodes.all().iter().map(|node| node.ping())).await;
+        for (index, up) in answers.into_iter().enumerate() {
+            metrics.set_redis_node_up(index, up);
+        }
     }
 }

@@ -28,10 +28,13 @@ impl FromRequest for Caller {
     fn from_request(request: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(request).map(str::to_owned);
+        let request = request.clone();
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
-            Ok(state.auth.caller(token.as_deref()).await?)
+            let caller = state.auth.caller(token.as_deref()).await?;
+            super::middleware::note_tenant(&request, caller.tenant);
+            Ok(caller)
         })
     }
 }

@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, ResponseError};
 
+use super::middleware::ResponseCode;
 use crate::auth::{AuthError, MissingScope};
 use crate::db::errors::{DbFailure, classify};
 use crate::pipeline::PipelineError;
@@ -245,7 +246,10 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed(allow) = self {
             response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
         }
-        response.body(self.problem_body())
+        let mut response = response.body(self.problem_body());
+        // For the request line and walletd_decisions_total (see middleware).
+        response.extensions_mut().insert(ResponseCode(self.code()));
+        response
     }
 }
 

@@ -6,7 +6,9 @@ use actix_web::http::header;
 use serde::Serialize;
 
 use super::error::{ApiError, PROBLEM_JSON};
-use crate::pipeline::Outcome;
+use super::middleware::ResponseCode;
+use crate::metrics::decision_label;
+use crate::pipeline::{Outcome, StoredResponse};
 
 /// Header marking a response that was replayed from the idempotency store.
 pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
@@ -16,6 +18,11 @@ pub fn respond(outcome: Outcome) -> HttpResponse {
     let (stored, replayed) = match outcome {
         Outcome::Executed(stored) => (stored, false),
         Outcome::Replayed(stored) => (stored, true),
+    };
+    let code = if replayed {
+        "replayed"
+    } else {
+        decided_code(&stored)
     };
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if stored.is_success() {
@@ -28,7 +35,25 @@ pub fn respond(outcome: Outcome) -> HttpResponse {
     if replayed {
         response.insert_header((IDEMPOTENT_REPLAYED, "true"));
     }
-    response.body(stored.body)
+    let mut response = response.body(stored.body);
+    // For the request line and walletd_decisions_total (see middleware).
+    response.extensions_mut().insert(ResponseCode(code));
+    response
+}
+
+/// What a fresh answer decided: `applied`, or the decline's problem code (read back from the
+/// stored document, which the pipeline rendered; bounded to the fixed set of codes).
+fn decided_code(stored: &StoredResponse) -> &'static str {
+    if stored.is_success() {
+        return "applied";
+    }
+    #[derive(serde::Deserialize)]
+    struct Problem {
+        code: String,
+    }
+    serde_json::from_slice::<Problem>(&stored.body)
+        .map(|problem| decision_label(&problem.code))
+        .unwrap_or("other")
 }
 
 /// 200 with a JSON body.

@@ -41,6 +41,8 @@ impl AppState {
         let redis = RedisNodes::connect(&settings.redis)?;
         let db = db::build_pool(&settings.database)?;
         let metrics = Arc::new(Metrics::new()?);
+        let addresses: Vec<&str> = redis.all().iter().map(|node| node.label()).collect();
+        metrics.describe_redis_nodes(&addresses);
         let cache = BalanceCache::new(redis.clone(), settings.cache.clone(), Arc::clone(&metrics));
         let relay_wake = Arc::new(Notify::new());
         let effects = CommitEffects::new(cache.clone(), Arc::clone(&relay_wake));

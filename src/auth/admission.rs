@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::AuthError;
 use crate::domain::KeyId;
+use crate::metrics;
 use crate::redis_nodes::{RedisCallError, RedisNodes};
 
 fn revoked_marker(key: KeyId) -> String {
@@ -63,10 +64,12 @@ pub async fn admit(redis: &RedisNodes, limit: u32, key: KeyId) -> Result<(), Aut
     match answer {
         Ok((true, _)) => Err(AuthError::Unauthorized),
         Ok((false, count)) if limit > 0 && count > u64::from(limit) => {
+            metrics::count_rate_limited();
             Err(AuthError::RateLimited { retry_after_s: 1 })
         }
         Ok(_) => Ok(()),
         Err(error) => {
+            metrics::count_admitted_unchecked();
             tracing::debug!(%error, "admission check unavailable; admitting the caller");
             Ok(())
         }

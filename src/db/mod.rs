@@ -9,10 +9,10 @@ pub mod models;
 pub mod routes;
 pub mod schema;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
@@ -60,6 +60,20 @@ pub fn build_pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .recycle_timeout(Some(connect_timeout))
         .build()
         .context("building the Postgres pool")
+}
+
+/// A pooled connection, its wait observed in `walletd_db_pool_wait_seconds{result}` (the
+/// pipeline's checkouts go through here). Bounded by `database.pool_wait_timeout_ms`.
+pub async fn checkout(pool: &PgPool) -> Result<Object<PgConn>, PoolError> {
+    let started = Instant::now();
+    let checked_out = pool.get().await;
+    let result = match &checked_out {
+        Ok(_) => "ok",
+        Err(PoolError::Timeout(_)) => "timeout",
+        Err(_) => "error",
+    };
+    crate::metrics::observe_pool_wait(started.elapsed(), result);
+    checked_out
 }
 
 fn session_setup_sql(settings: &DatabaseSettings) -> String {
@@ -124,6 +138,12 @@ fn with_socket_bounds(url: &str) -> String {
 /// place), so it runs before the HTTP server starts. Returns the connection, still holding the
 /// migration lock, for the data steps that follow (see `pipeline::chain`).
 pub async fn run_migrations(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    Ok(apply_migrations(url).await?.0)
+}
+
+/// [`run_migrations`], also naming the migrations this call applied (directory names such as
+/// `2026-11-23-000001_core`, oldest first; empty when none was pending).
+pub async fn apply_migrations(url: &str) -> anyhow::Result<(AsyncPgConnection, Vec<String>)> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("connecting to {} to migrate", redact(url)))?;
@@ -136,10 +156,29 @@ pub async fn run_migrations(url: &str) -> anyhow::Result<AsyncPgConnection> {
     let applied = harness
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))?;
-    for version in applied {
-        tracing::info!(%version, "migration applied");
-    }
-    Ok(harness.into_inner())
+    let names = migration_names()?;
+    let applied: Vec<String> = applied
+        .iter()
+        .map(|version| {
+            let version = version.to_string();
+            names
+                .iter()
+                .find(|(v, _)| *v == version)
+                .map_or_else(|| version.clone(), |(_, name)| name.clone())
+        })
+        .collect();
+    Ok((harness.into_inner(), applied))
+}
+
+/// Every embedded migration: (version, directory name).
+fn migration_names() -> anyhow::Result<Vec<(String, String)>> {
+    use diesel::migration::MigrationSource;
+    let all = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| anyhow::anyhow!("reading embedded migrations: {e}"))?;
+    Ok(all
+        .iter()
+        .map(|m| (m.name().version().to_string(), m.name().to_string()))
+        .collect())
 }
 
 /// True when every embedded migration has been applied (used by `/readyz`).

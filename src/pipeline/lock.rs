@@ -40,6 +40,7 @@ use uuid::Uuid;
 use super::deadline::Deadline;
 use crate::config::{LockSettings, RedisUnavailablePolicy, ms};
 use crate::domain::{TenantId, WalletId};
+use crate::metrics;
 use crate::redis_nodes::{RedisCallError, RedisNodes};
 
 /// Takes the lock, or marks the wallet contended for `ARGV[3]` ms. Returns 1 if taken.
@@ -360,9 +361,11 @@ impl WalletLocks {
                 for error in &failed {
                     tracing::warn!(%error, "Redis lock node unavailable");
                 }
+                metrics::count_quorum_failure();
                 return match self.policy {
                     RedisUnavailablePolicy::DatabaseOnly => {
                         tracing::warn!(%wallet, "Redis quorum unreachable; relying on the row lock alone");
+                        metrics::count_database_only();
                         Ok(WalletLockGuard::database_only(local))
                     }
                     RedisUnavailablePolicy::Reject => Err(LockError::QuorumUnreachable {

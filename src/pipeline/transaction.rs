@@ -62,8 +62,15 @@ impl TxError {
 
     /// Whether attempt number `attempt` (from 1), which failed with this error, is worth
     /// running again: a retryable conflict, attempts left, and time left before the deadline.
+    /// A yes is counted in `walletd_transaction_retries_total` (callers retry on it).
     pub fn retry_after_attempt(&self, attempt: u32, deadline: &Deadline) -> bool {
-        self.is_retryable() && attempt < TRANSACTION_ATTEMPTS_MAX && !deadline.remaining().is_zero()
+        let retry = self.is_retryable()
+            && attempt < TRANSACTION_ATTEMPTS_MAX
+            && !deadline.remaining().is_zero();
+        if retry {
+            crate::metrics::count_transaction_retry();
+        }
+        retry
     }
 }
 
@@ -73,7 +80,7 @@ pub async fn connection(
     deadline: &Deadline,
 ) -> Result<Object<PgConn>, PipelineError> {
     deadline
-        .bound("a database connection", pool.get())
+        .bound("a database connection", crate::db::checkout(pool))
         .await
         .map_err(|passed| PipelineError::Unavailable(passed.into()))?
         .map_err(PipelineError::from_pool)

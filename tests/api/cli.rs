@@ -399,3 +399,132 @@ async fn concurrent_migrations_take_turns() {
     let mut conn = AsyncPgConnection::establish(&fresh).await.unwrap();
     assert_eq!(core_tables(&mut conn).await, 5);
 }
+
+/// `walletd <args>` as [`walletd`] runs it, with `envs` added.
+async fn walletd_with_env(database_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", database_url)
+        .env_remove("WALLETD_ENV")
+        .env_remove("WALLETD_CONFIG_DIR")
+        .envs(envs.iter().copied())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("walletd {args:?} did not finish within 60 s"))
+        .unwrap()
+}
+
+/// The migration directories, oldest first (their names are what `migrate` reports).
+fn migration_names() -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+    names.sort();
+    names
+}
+
+/// `migrate` says what it did on stdout: one `applied migration <name>` line per migration it
+/// applied, oldest first, or `no pending migrations`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_reports_the_migrations_it_applied() {
+    let url = format!("{}/walletd_t_{}", server_url(), Uuid::new_v4().simple());
+    let output = walletd(&url, &["migrate"]).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let expected: Vec<String> = migration_names()
+        .iter()
+        .map(|name| format!("applied migration {name}"))
+        .collect();
+    assert!(!expected.is_empty());
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        expected,
+        "{}",
+        describe(&output)
+    );
+
+    let again = walletd(&url, &["migrate"]).await;
+    assert!(again.status.success(), "{}", describe(&again));
+    assert_eq!(
+        String::from_utf8(again.stdout.clone()).unwrap(),
+        "no pending migrations\n",
+        "{}",
+        describe(&again)
+    );
+}
+
+/// A configuration directory that does not exist is an error (not a silent fall back to the
+/// built-in defaults): a non-zero exit and one plain line on stderr, even with
+/// `RUST_BACKTRACE=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_config_dir_fails_with_one_error_line() {
+    let url = format!("{}/walletd_t_{}", server_url(), Uuid::new_v4().simple());
+    for args in [
+        ["--config-dir", "/nonexistent/walletd", "migrate"].as_slice(),
+        ["migrate", "--config-dir", "/nonexistent/walletd"].as_slice(),
+    ] {
+        let output = walletd_with_env(&url, args, &[("RUST_BACKTRACE", "1")]).await;
+        assert!(!output.status.success(), "{}", describe(&output));
+        assert!(output.stdout.is_empty(), "{}", describe(&output));
+        let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{}", describe(&output));
+        assert!(lines[0].starts_with("error: "), "{}", describe(&output));
+        assert!(
+            lines[0].contains("/nonexistent/walletd"),
+            "{}",
+            describe(&output)
+        );
+    }
+    let from_env = walletd_with_env(
+        &url,
+        &["migrate"],
+        &[("WALLETD_CONFIG_DIR", "/nonexistent")],
+    )
+    .await;
+    assert!(!from_env.status.success(), "{}", describe(&from_env));
+}
+
+/// A command that fails after logging started prints its error once, plainly: no second copy
+/// through the log, no backtrace even with `RUST_BACKTRACE=1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_command_prints_its_error_once_without_a_backtrace() {
+    let unknown = Uuid::now_v7().to_string();
+    let app = TestApp::spawn().await;
+    for (url, args, says) in [
+        (
+            app.database_url.as_str(),
+            vec!["key", "revoke", unknown.as_str()],
+            "no key",
+        ),
+        (
+            "postgres://postgres@127.0.0.1:1/nowhere",
+            vec!["migrate"],
+            "127.0.0.1:1",
+        ),
+    ] {
+        let output =
+            walletd_with_env(url, &args, &[("RUST_BACKTRACE", "1"), ("RUST_LOG", "info")]).await;
+        assert!(!output.status.success(), "{}", describe(&output));
+        let stderr = String::from_utf8(output.stderr.clone()).unwrap();
+        assert_eq!(stderr.matches(says).count(), 1, "{}", describe(&output));
+        let error_lines: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(error_lines.len(), 1, "{}", describe(&output));
+        assert!(
+            error_lines[0].starts_with("error: "),
+            "{}",
+            describe(&output)
+        );
+        assert!(
+            !stderr.contains("backtrace") && !stderr.contains("Backtrace"),
+            "{}",
+            describe(&output)
+        );
+    }
+}

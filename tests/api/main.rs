@@ -17,6 +17,8 @@ mod helpers;
 mod holds;
 mod idempotency;
 mod ledger_db;
+mod logging;
+mod metrics;
 mod ops;
 mod outbox;
 mod redlock;
