@@ -173,7 +173,7 @@ export WALLETD__DATABASE__POOL_MAX_SIZE=8
 export WALLETD__SERVER__SHUTDOWN_TIMEOUT_S=1
 export RUST_LOG=warn NO_COLOR=1
 
-psql "$SERVER/postgres" -Xq -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
+PGOPTIONS=--client-min-messages=warning psql "$SERVER/postgres" -Xq -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null
 DB_CREATED=1
 step timeout 60 "$WALLETD_BIN" migrate >"$TMP/migrate.log" 2>&1 || { cat "$TMP/migrate.log" >&2; die "walletd migrate failed"; }
 
