@@ -13,6 +13,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -44,6 +45,29 @@ pub struct Metrics {
     redis_quorum: IntGauge,
     /// `process_*` (resident memory, CPU, fds, start time), without the `walletd_` prefix.
     process: Registry,
+    /// Every family registered, sorted (see [`Metrics::family_names`]).
+    family_names: Vec<String>,
+}
+
+/// A registry being filled, remembering the names of the families added to it.
+struct Families {
+    registry: Registry,
+    /// What the registry prefixes to every name.
+    prefix: &'static str,
+    names: Vec<String>,
+}
+
+impl Families {
+    fn add<C: Collector + 'static>(&mut self, collector: C) -> prometheus::Result<()> {
+        let prefix = self.prefix;
+        self.names.extend(
+            collector
+                .desc()
+                .iter()
+                .map(|desc| format!("{prefix}{}", desc.fq_name)),
+        );
+        self.registry.register(Box::new(collector))
+    }
 }
 
 /// HTTP methods that get their own label value; any other method a client invents is `OTHER`,
@@ -239,14 +263,14 @@ impl Shared {
         SHARED.get()
     }
 
-    fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.pool_wait.clone()))?;
-        registry.register(Box::new(self.transaction_retries.clone()))?;
-        registry.register(Box::new(self.quorum_failures.clone()))?;
-        registry.register(Box::new(self.database_only.clone()))?;
-        registry.register(Box::new(self.redis_errors.clone()))?;
-        registry.register(Box::new(self.rate_limited.clone()))?;
-        registry.register(Box::new(self.admitted_unchecked.clone()))?;
+    fn register(&self, registry: &mut Families) -> prometheus::Result<()> {
+        registry.add(self.pool_wait.clone())?;
+        registry.add(self.transaction_retries.clone())?;
+        registry.add(self.quorum_failures.clone())?;
+        registry.add(self.database_only.clone())?;
+        registry.add(self.redis_errors.clone())?;
+        registry.add(self.rate_limited.clone())?;
+        registry.add(self.admitted_unchecked.clone())?;
         Ok(())
     }
 }
@@ -309,7 +333,11 @@ pub fn count_admitted_unchecked() {
 
 impl Metrics {
     pub fn new() -> anyhow::Result<Self> {
-        let registry = Registry::new_custom(Some("walletd".into()), None)?;
+        let mut families = Families {
+            registry: Registry::new_custom(Some("walletd".into()), None)?,
+            prefix: "walletd_",
+            names: Vec::new(),
+        };
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "http_requests_total",
@@ -328,7 +356,8 @@ impl Metrics {
         let entries = IntCounterVec::new(
             Opts::new(
                 "entries_total",
-                "Debits and credits executed, by outcome (HTTP status)",
+                "Ledger entries executed (not replays), by type (debit, credit, capture, \
+                 reverse) and HTTP status; see decisions_total for outcome codes",
             ),
             &["type", "status"],
         )?;
@@ -349,12 +378,12 @@ impl Metrics {
         let layers = HistogramVec::new(
             HistogramOpts::new(
                 "pipeline_layer_seconds",
-                "Time a mutating request spends in each layer of the pipeline, in order: \
-                 replay_cache (Redis), claim (resolve, queue place, key claim in Postgres), \
-                 lock (Redlock wait), transaction (row-locked, to COMMIT), after_commit \
-                 (cache store and replay-cache store overlapped, then the lock release); \
-                 batched: a debit or credit decided in another request's batch, from its \
-                 claim to its answer",
+                "Time a mutating request spends in each layer of the pipeline, in order (the \
+                 laps of one request add up to its time in the pipeline): claim (idempotency: \
+                 replay a stored answer or claim the key), lock (Redlock wait), transaction \
+                 (row-locked, to COMMIT), after_commit (cache and replay-cache stores, lock \
+                 release); batched: a debit or credit decided in another request's batch, from \
+                 its claim to its answer",
             )
             .buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
@@ -376,13 +405,13 @@ impl Metrics {
             ),
             &["state"],
         )?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(entries.clone()))?;
-        registry.register(Box::new(replays.clone()))?;
-        registry.register(Box::new(lock_wait.clone()))?;
-        registry.register(Box::new(layers.clone()))?;
-        registry.register(Box::new(batch_size.clone()))?;
+        families.add(http_requests.clone())?;
+        families.add(http_duration.clone())?;
+        families.add(entries.clone())?;
+        families.add(replays.clone())?;
+        families.add(lock_wait.clone())?;
+        families.add(layers.clone())?;
+        families.add(batch_size.clone())?;
         let unknown_keys = IntCounterVec::new(
             Opts::new(
                 "auth_unknown_key_cache_total",
@@ -405,11 +434,11 @@ impl Metrics {
             "idempotency_answers_purged_total",
             "Stored answers dropped after idempotency.retention_hours (their keys are kept)",
         )?;
-        registry.register(Box::new(pool.clone()))?;
-        registry.register(Box::new(unknown_keys.clone()))?;
-        registry.register(Box::new(unknown_key_entries.clone()))?;
-        registry.register(Box::new(shed.clone()))?;
-        registry.register(Box::new(purged.clone()))?;
+        families.add(pool.clone())?;
+        families.add(unknown_keys.clone())?;
+        families.add(unknown_key_entries.clone())?;
+        families.add(shed.clone())?;
+        families.add(purged.clone())?;
         let events_published = IntCounter::new(
             "outbox_events_published_total",
             "Outbox events published to the stream by this replica (a republish counts again)",
@@ -445,12 +474,12 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        registry.register(Box::new(events_published.clone()))?;
-        registry.register(Box::new(publish_lag.clone()))?;
-        registry.register(Box::new(outbox_backlog.clone()))?;
-        registry.register(Box::new(relay_partitions.clone()))?;
-        registry.register(Box::new(cache_reads.clone()))?;
-        registry.register(Box::new(cache_writes.clone()))?;
+        families.add(events_published.clone())?;
+        families.add(publish_lag.clone())?;
+        families.add(outbox_backlog.clone())?;
+        families.add(relay_partitions.clone())?;
+        families.add(cache_reads.clone())?;
+        families.add(cache_writes.clone())?;
         let decisions = IntCounterVec::new(
             Opts::new(
                 "decisions_total",
@@ -490,25 +519,31 @@ impl Metrics {
         build_info
             .with_label_values(&[VERSION, GIT_SHA, PROFILE])
             .set(1);
-        registry.register(Box::new(decisions.clone()))?;
-        registry.register(Box::new(redis_node_up.clone()))?;
-        registry.register(Box::new(redis_node_info.clone()))?;
-        registry.register(Box::new(redis_quorum.clone()))?;
-        registry.register(Box::new(build_info))?;
+        families.add(decisions.clone())?;
+        families.add(redis_node_up.clone())?;
+        families.add(redis_node_info.clone())?;
+        families.add(redis_quorum.clone())?;
+        families.add(build_info)?;
         if Shared::get().is_none() {
             // Two racing first calls both build one; the loser's is dropped unregistered.
             let _ = SHARED.set(Shared::new()?);
         }
         if let Some(shared) = Shared::get() {
-            shared.register(&registry)?;
+            shared.register(&mut families)?;
         }
-        let process = Registry::new();
+        let mut process = Families {
+            registry: Registry::new(),
+            prefix: "",
+            names: Vec::new(),
+        };
         #[cfg(target_os = "linux")]
-        process.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        process.add(prometheus::process_collector::ProcessCollector::for_self())?;
+        let mut family_names = families.names;
+        family_names.extend(process.names);
+        family_names.sort();
         Ok(Self {
-            registry,
+            registry: families.registry,
+            family_names,
             http_requests,
             http_duration,
             entries,
@@ -531,8 +566,14 @@ impl Metrics {
             redis_node_up,
             redis_node_info,
             redis_quorum,
-            process,
+            process: process.registry,
         })
+    }
+
+    /// The name of every family this exports (as scraped, e.g. `walletd_decisions_total`),
+    /// whether or not it has a series yet; sorted. `docs/metrics.md` lists the same.
+    pub fn family_names(&self) -> &[String] {
+        &self.family_names
     }
 
     /// What one mutating request came to (`code` is bounded by [`decision_label`]).

@@ -309,3 +309,44 @@ async fn pool_build_and_process_metrics_are_exported() {
         "{text}"
     );
 }
+
+/// The names `docs/metrics.md` documents: the first cell of each table row, in backticks.
+fn documented_families() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md")).unwrap();
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `")?.split_once("` |"))
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with("walletd_") || name.starts_with("process_"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `docs/metrics.md` lists exactly the families walletd registers (with or without a series
+/// yet), and a real scrape shows nothing else; the deploy checks rely on that list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_exported_family_is_documented_and_every_documented_one_exported() {
+    let documented = documented_families();
+    let registered = walletd::metrics::Metrics::new()
+        .unwrap()
+        .family_names()
+        .to_vec();
+    assert_eq!(documented, registered);
+
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "10.00").await;
+    let _ = app.get(&format!("/v1/wallets/{wallet}")).await;
+    let text = scrape(&app).await;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(
+                documented.iter().any(|d| d == name),
+                "{name} is exported but not in docs/metrics.md"
+            );
+        }
+    }
+}
