@@ -8,8 +8,9 @@
 //! latency in whole microseconds. Everything logged while the request is handled runs inside
 //! a `request` span holding its id, so the error mapping's lines carry it too.
 //!
-//! Levels: a 500 is ERROR, any other 5xx WARN, everything else (4xx included: the client's
-//! doing, not the service's) INFO.
+//! Levels: a 500 is ERROR, any other 5xx WARN, a successful `/healthz`, `/readyz` or `/metrics`
+//! DEBUG (probes and scrapes), everything else (4xx included: the client's doing, not the
+//! service's) INFO.
 
 use std::time::Instant;
 
@@ -241,9 +242,12 @@ pub async fn request_context(
         key_hash,
         latency_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
     };
+    let probe = matches!(line.operation, Some("healthz" | "readyz" | "metrics"));
     match status {
         500 => request_line!(tracing::Level::ERROR, line),
         501.. => request_line!(tracing::Level::WARN, line),
+        // Probes and scrapes arrive every few seconds from machines: DEBUG unless they fail.
+        200..=299 if probe => request_line!(tracing::Level::DEBUG, line),
         _ => request_line!(tracing::Level::INFO, line),
     }
     Ok(response)

@@ -350,3 +350,37 @@ async fn every_exported_family_is_documented_and_every_documented_one_exported()
         }
     }
 }
+
+/// A transaction conflict that is retried counts once in `walletd_transaction_retries_total`;
+/// one that is not (no attempts left) does not.
+#[test]
+fn a_retried_transaction_is_counted() {
+    use diesel::result::{DatabaseErrorKind, Error};
+    use walletd::pipeline::deadline::Deadline;
+    use walletd::pipeline::transaction::{TRANSACTION_ATTEMPTS_MAX, TxError};
+    let metrics = walletd::metrics::Metrics::new().unwrap();
+    let pool = deadpool::Status {
+        max_size: 1,
+        size: 0,
+        available: 0,
+        waiting: 0,
+    };
+    let retries = |metrics: &walletd::metrics::Metrics| {
+        sample(
+            &metrics.render(pool, 0).unwrap(),
+            "walletd_transaction_retries_total",
+            &[],
+        )
+        .unwrap()
+    };
+    let conflict = TxError::Db(Error::DatabaseError(
+        DatabaseErrorKind::SerializationFailure,
+        Box::new("could not serialize access".to_owned()),
+    ));
+    let deadline = Deadline::after(Duration::from_secs(10));
+    let before = retries(&metrics);
+    assert!(conflict.retry_after_attempt(1, &deadline));
+    // Other tests may retry at the same time (the counter is process-wide): at least one more.
+    assert!(retries(&metrics) >= before + 1.0);
+    assert!(!conflict.retry_after_attempt(TRANSACTION_ATTEMPTS_MAX, &deadline));
+}
