@@ -14,7 +14,7 @@ use super::openapi_schemas::{
     BadEntryRequest, CaptureDeclined, Forbidden, HoldNotFound, IdempotencyKeyExpired,
     IdempotencyKeyHeader, IdempotencyKeyInProgress, PayloadTooLarge, PlaceHoldDeclined,
     RateLimited, ReplayedFlag, RequestTimeout, Unauthorized, Unavailable, UnsupportedMediaType,
-    VoidDeclined, WalletNotFound,
+    VoidDeclined, WalletNotFound, examples,
 };
 use super::respond::{json_ok, respond};
 use super::state::AppState;
@@ -113,8 +113,14 @@ pub fn idempotent(
 
 /// Place a hold (four layers, like a debit): reserves the amount, moves no balance.
 #[utoipa::path(post, path = "/v1/wallets/{id}/holds", tag = "holds",
-    request_body(content = PlaceHoldBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+    description = "Reserves `amount` until `expires_in_seconds` (default 900): the wallet's \
+        `held` rises and `available` falls; no ledger entry, the balance does not move until \
+        capture. Declined (422 `insufficient_funds`) when `available` is short. Scope \
+        `wallets:write`. Idempotent like a debit.",
+    request_body(content = PlaceHoldBody, content_type = "application/json",
+        example = examples::place_hold_body),
+    params(("id" = uuid::Uuid, Path, description = "Wallet id (any other string answers 404)",
+               example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a"),
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The hold (or the stored answer to a retry)", body = Hold,
@@ -126,7 +132,8 @@ pub fn idempotent(
                     parameters(("id" = "$response.body#/id")))),
                 ("VoidHold" = (operation_id = "void_hold",
                     parameters(("id" = "$response.body#/id")))),
-            )),
+            ),
+            example = examples::hold),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -140,7 +147,7 @@ pub fn idempotent(
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn place_hold(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -165,16 +172,20 @@ pub async fn place_hold(
 
 /// Read a hold.
 #[utoipa::path(get, path = "/v1/holds/{id}", tag = "holds",
-    params(("id" = String, Path, description = "Hold id (a UUID; any other string answers 404)")),
+    description = "A hold and its status (`expired` as soon as it is past `expires_at`, swept \
+        or not). Scope `wallets:read`.",
+    params(("id" = uuid::Uuid, Path, description = "Hold id (any other string answers 404)",
+               example = "01936f3e-b1c2-7d3e-8f4a-5b6c7d8e9f0a")),
     responses(
-        (status = 200, description = "The hold (`expired` once past `expires_at`)", body = Hold),
+        (status = 200, description = "The hold (`expired` once past `expires_at`)", body = Hold,
+            example = examples::hold),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = HoldNotFound),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:read"])))]
+    security(("bearer" = [])))]
 pub async fn get_hold(
     state: web::Data<AppState>,
     caller: Caller,
@@ -202,8 +213,13 @@ pub async fn get_hold(
 
 /// Capture a hold, fully or partly: a debit entry naming the hold; the whole hold is released.
 #[utoipa::path(post, path = "/v1/holds/{id}/capture", tag = "holds",
-    request_body(content = CaptureBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Hold id (a UUID; any other string answers 404)"),
+    description = "Debits the captured amount (default the whole hold, at most the hold) as \
+        one ledger entry whose `hold_id` is the hold, and releases the whole hold: the rest \
+        returns to `available`. Scope `wallets:write`. Idempotent like a debit.",
+    request_body(content = CaptureBody, content_type = "application/json",
+        example = examples::capture_body),
+    params(("id" = uuid::Uuid, Path, description = "Hold id (any other string answers 404)",
+               example = "01936f3e-b1c2-7d3e-8f4a-5b6c7d8e9f0a"),
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The capture's ledger entry (or the stored answer to a retry)", body = Transaction,
@@ -211,7 +227,8 @@ pub async fn get_hold(
             links(
                 ("Reverse" = (operation_id = "reverse",
                     parameters(("id" = "$response.body#/id")))),
-            )),
+            ),
+            example = examples::capture),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -225,7 +242,7 @@ pub async fn get_hold(
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn capture_hold(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -254,12 +271,16 @@ pub async fn capture_hold(
 
 /// Void a hold: released, nothing debited.
 #[utoipa::path(post, path = "/v1/holds/{id}/void", tag = "holds",
-    request_body(content = VoidBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Hold id (a UUID; any other string answers 404)"),
+    description = "Releases an active hold; nothing is debited. The body is `{}`. Scope \
+        `wallets:write`. Idempotent like a debit.",
+    request_body(content = VoidBody, content_type = "application/json", example = json!({})),
+    params(("id" = uuid::Uuid, Path, description = "Hold id (any other string answers 404)",
+               example = "01936f3e-b1c2-7d3e-8f4a-5b6c7d8e9f0a"),
            IdempotencyKeyHeader),
     responses(
         (status = 200, description = "The voided hold (or the stored answer to a retry)", body = Hold,
-            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay"))),
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            example = examples::voided_hold),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -273,7 +294,7 @@ pub async fn capture_hold(
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn void_hold(
     request: HttpRequest,
     state: web::Data<AppState>,

@@ -33,6 +33,12 @@ pub fn routes(config: &mut web::ServiceConfig) {
             web::get().to(ops::openapi),
             "GET",
         ))
+        .service(resource("/docs", web::get().to(ops::docs), "GET"))
+        .service(resource(
+            "/docs/{file:.*}",
+            web::get().to(ops::docs_asset),
+            "GET",
+        ))
         .service(resource(
             "/v1/wallets",
             web::post().to(wallets::create_wallet),
@@ -116,15 +122,31 @@ fn resource(path: &str, route: Route, allow: &'static str) -> actix_web::Resourc
         }))
 }
 
+/// The routes that need no API key; every other operation needs one (`security: []` on these).
+pub const PUBLIC_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];
+
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "walletd", description = "Idempotent wallet debit/credit service. Errors are RFC 9457 problem documents with a stable `code`."),
+    info(title = "walletd", description = "Idempotent wallet debit/credit service. Every `/v1` \
+        route needs `Authorization: Bearer <api key>`; each operation names the scope its key \
+        must carry. Every mutating POST needs an `Idempotency-Key`. Money is a decimal string. \
+        Errors are RFC 9457 problem documents with a stable `code`."),
+    servers((url = "/", description = "The walletd that serves this document")),
+    tags(
+        (name = "wallets", description = "Wallets, their debits and credits, and the ledger"),
+        (name = "holds", description = "Authorize now, capture later"),
+        (name = "transactions", description = "Ledger entries and their reversals"),
+        (name = "ledger", description = "Finance reads: audit, balance as of an instant, export"),
+        (name = "operations", description = "Liveness, readiness, metrics, this document and \
+            its Swagger UI; no authentication"),
+    ),
+    security(("bearer" = [])),
     paths(
         wallets::create_wallet, wallets::get_wallet, wallets::debit, wallets::credit, wallets::ledger,
         transactions::get_transaction, transactions::reverse,
         holds::place_hold, holds::get_hold, holds::capture_hold, holds::void_hold,
         audit::audit_wallet, audit::balance_as_of, audit::export_ledger,
-        ops::healthz, ops::readyz, ops::metrics, ops::openapi,
+        ops::healthz, ops::readyz, ops::metrics, ops::openapi, ops::docs,
     ),
     components(
         schemas(openapi_schemas::Problem, openapi_schemas::ReplayedFlag),
@@ -153,7 +175,18 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("wd_<key id>_<secret>")
+                    .description(Some(
+                        "An API key from `walletd tenant create` or `walletd key create`. A key \
+                         carries scopes (`wallets:write`, `wallets:read`, `ledger:read`); each \
+                         operation's description names the one it needs (403 `forbidden` \
+                         without it). Missing or unknown key: 401.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -131,6 +131,13 @@ fn closed_object() -> ObjectBuilder {
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
 }
 
+/// A branch's title, unique in the document: generators name a class after it
+/// (`EntryBody2MinorUnits`), and two branches of the same title in different schemas make
+/// them drop both.
+fn branch_title(schema: &str, digits: u32) -> String {
+    format!("{schema} ({digits} minor units)")
+}
+
 fn example_for(digits: u32) -> &'static str {
     match digits {
         0 => "1250",
@@ -154,7 +161,7 @@ impl PartialSchema for EntryBody {
             })]);
         for (digits, codes) in currencies_by_minor_units() {
             let branch = closed_object()
-                .title(Some(format!("{digits} minor units")))
+                .title(Some(branch_title("EntryBody", digits)))
                 .property(
                     "amount",
                     string()
@@ -169,7 +176,7 @@ impl PartialSchema for EntryBody {
                     optional_text(255, "The caller's reference, e.g. a booking id"),
                 )
                 .property("description", optional_text(1024, "Free text"))
-                .property("metadata", Ref::from_schema_name("Metadata"));
+                .property("metadata", metadata_or_null());
             one_of = one_of.item(branch);
         }
         RefOr::T(Schema::OneOf(one_of.build()))
@@ -204,7 +211,7 @@ impl PartialSchema for PlaceHoldBody {
             })]);
         for (digits, codes) in currencies_by_minor_units() {
             let branch = closed_object()
-                .title(Some(format!("{digits} minor units")))
+                .title(Some(branch_title("PlaceHoldBody", digits)))
                 .property(
                     "amount",
                     string()
@@ -315,10 +322,23 @@ fn metadata_value_name(level: usize) -> String {
     format!("MetadataValueLevel{level}")
 }
 
-/// `metadata`: a JSON object (or `null`, the same as absent), bounded as API.md states.
+/// The `metadata` member of a request: the [`metadata_schema`] object, or `null` (the same as
+/// absent). Said with `anyOf` rather than a type list, so that the object stays a plain
+/// `type: object` that generators turn into a model.
+fn metadata_or_null() -> Schema {
+    Schema::AnyOf(
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name("Metadata"))
+            .item(ObjectBuilder::new().schema_type(Type::Null))
+            .description(Some("Optional, default `{}`; `null` is the same as absent"))
+            .build(),
+    )
+}
+
+/// `metadata`: a JSON object, bounded as API.md states.
 fn metadata_schema() -> RefOr<Schema> {
     ObjectBuilder::new()
-        .schema_type(nullable(Type::Object))
+        .schema_type(Type::Object)
         .max_properties(Some(METADATA_MEMBERS_MAX))
         .property_names(Some(string().pattern(Some(NO_NUL))))
         .additional_properties(Some(Ref::from_schema_name(metadata_value_name(2))))
@@ -356,7 +376,8 @@ fn metadata_value_schema(level: usize) -> RefOr<Schema> {
     let mut any_of = AnyOfBuilder::new()
         .item(string().pattern(Some(NO_NUL)))
         .item(Ref::from_schema_name("MetadataNumber"))
-        .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Boolean, Type::Null])));
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Null));
     if level <= METADATA_DEPTH_MAX {
         let deeper = || Ref::from_schema_name(metadata_value_name(level + 1));
         any_of = any_of.item(ArrayBuilder::new().items(deeper())).item(
@@ -382,7 +403,7 @@ impl PartialSchema for CreateWalletBody {
             ]);
         for (digits, codes) in currencies_by_minor_units() {
             let branch = closed_object()
-                .title(Some(format!("{digits} minor units")))
+                .title(Some(branch_title("CreateWalletBody", digits)))
                 .property("currency", currency_enum(&codes))
                 .required("currency")
                 .property(
@@ -523,7 +544,17 @@ impl ToSchema for ReplayedFlag {
 pub const OPTIONAL_HEADERS: [&str; 1] = [IDEMPOTENT_REPLAYED];
 const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
-/// A problem response with its status and the codes it may carry.
+/// `insufficient_funds` as a title for an example: `Insufficient funds`.
+fn title_of(code: &str) -> String {
+    let words = code.replace('_', " ");
+    let mut chars = words.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+/// A problem response with its status and the codes it may carry, and an example of the first.
 fn problem(
     status: u16,
     codes: &[&str],
@@ -553,11 +584,22 @@ fn problem(
             .item(pinned)
             .build(),
     );
+    let code = codes[0];
+    let example = json!({
+        "type": format!("urn:walletd:problem:{code}"),
+        "title": title_of(code),
+        "status": status,
+        "detail": description,
+        "code": code,
+    });
     let mut response = ResponseBuilder::new()
         .description(format!("{description} (`{}`)", codes.join("`, `")))
         .content(
             PROBLEM_JSON,
-            ContentBuilder::new().schema(Some(schema)).build(),
+            ContentBuilder::new()
+                .schema(Some(schema))
+                .example(Some(example))
+                .build(),
         );
     for (name, value) in headers {
         response = response.header(name, value);
@@ -708,6 +750,167 @@ pub fn finish_document(doc: &mut Value) {
     if let Some(responses) = doc.pointer_mut("/components/responses") {
         finish_responses(responses);
     }
+}
+
+/// The examples shown with each operation (request bodies, answers), one consistent story: a
+/// EUR wallet credited 100.00, debited 12.50, a hold of 30.00 captured for 25.00, the debit
+/// partly reversed. `scripts/openapi_check.sh` checks every example against its schema.
+pub mod examples {
+    use serde_json::{Value, json};
+
+    pub const WALLET_ID: &str = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a";
+    pub const CREDIT_ID: &str = "01936f3e-9a10-7b2c-8d3e-4f5a6b7c8d9e";
+    pub const DEBIT_ID: &str = "01936f3e-a2b4-7c6d-9e8f-0a1b2c3d4e5f";
+    pub const HOLD_ID: &str = "01936f3e-b1c2-7d3e-8f4a-5b6c7d8e9f0a";
+    const CAPTURE_ID: &str = "01936f3e-c3d4-7e5f-a061-7b8c9d0e1f2a";
+    const REVERSAL_ID: &str = "01936f3e-d4e5-7f60-b172-8c9d0e1f2a3b";
+    const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    const HASH_1: &str = "3b7e2c9f1a4d6e8b0c2f4a6d8e0b2c4f6a8d0e2b4c6f8a0d2e4b6c8f0a2d4e6b";
+    const HASH_2: &str = "9f2a4c6e8b0d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a";
+    const HASH_3: &str = "5c8e1a3f5b7d9c1e3a5f7b9d1c3e5a7f9b1d3c5e7a9f1b3d5c7e9a1f3b5d7c9e";
+    const HASH_4: &str = "d1f3b5a7c9e1d3f5b7a9c1e3d5f7b9a1c3e5d7f9b1a3c5e7d9f1b3a5c7e9d1f3";
+
+    pub fn create_wallet_body() -> Value {
+        json!({"currency": "EUR", "owner_ref": "user-42", "overdraft_limit": "0.00"})
+    }
+
+    pub fn wallet() -> Value {
+        json!({
+            "id": WALLET_ID, "currency": "EUR", "owner_ref": "user-42",
+            "balance": "87.50", "held": "0.00", "available": "87.50", "overdraft_limit": "0.00",
+            "version": 3, "status": "active",
+            "created_at": "2026-12-03T10:15:00.000000Z", "updated_at": "2026-12-03T10:16:30.250000Z"
+        })
+    }
+
+    pub fn credit_body() -> Value {
+        json!({"amount": "100.00", "currency": "EUR", "reference": "topup-1"})
+    }
+
+    pub fn debit_body() -> Value {
+        json!({
+            "amount": "12.50", "currency": "EUR", "reference": "booking-123",
+            "description": "Booking payment", "metadata": {"booking": {"nights": 2}}
+        })
+    }
+
+    fn entry(fields: Value) -> Value {
+        let mut base = json!({
+            "wallet_id": WALLET_ID, "currency": "EUR", "reference": null, "description": null,
+            "metadata": {}, "hold_id": null, "reverses": null
+        });
+        if let (Some(base), Value::Object(fields)) = (base.as_object_mut(), fields) {
+            base.extend(fields);
+        }
+        base
+    }
+
+    pub fn credit() -> Value {
+        entry(json!({
+            "id": CREDIT_ID, "type": "credit", "amount": "100.00",
+            "balance_before": "0.00", "balance_after": "100.00", "seq": 1,
+            "reference": "topup-1", "idempotency_key": "topup-1",
+            "created_at": "2026-12-03T10:15:10.000000Z", "prev_hash": GENESIS, "hash": HASH_1
+        }))
+    }
+
+    pub fn debit() -> Value {
+        entry(json!({
+            "id": DEBIT_ID, "type": "debit", "amount": "12.50",
+            "balance_before": "100.00", "balance_after": "87.50", "seq": 2,
+            "reference": "booking-123", "description": "Booking payment",
+            "metadata": {"booking": {"nights": 2}}, "idempotency_key": "booking-123",
+            "created_at": "2026-12-03T10:16:30.250000Z", "prev_hash": HASH_1, "hash": HASH_2
+        }))
+    }
+
+    pub fn ledger_page() -> Value {
+        json!({"entries": [credit(), debit()], "next_cursor": "2"})
+    }
+
+    pub fn place_hold_body() -> Value {
+        json!({"amount": "30.00", "currency": "EUR", "reference": "booking-9", "expires_in_seconds": 900})
+    }
+
+    pub fn hold() -> Value {
+        json!({
+            "id": HOLD_ID, "wallet_id": WALLET_ID, "amount": "30.00", "currency": "EUR",
+            "status": "active", "captured_amount": "0.00", "reference": "booking-9",
+            "expires_at": "2026-12-03T10:32:00.000000Z",
+            "created_at": "2026-12-03T10:17:00.000000Z", "updated_at": "2026-12-03T10:17:00.000000Z"
+        })
+    }
+
+    pub fn voided_hold() -> Value {
+        let mut hold = hold();
+        hold["status"] = json!("voided");
+        hold["updated_at"] = json!("2026-12-03T10:20:00.000000Z");
+        hold
+    }
+
+    pub fn capture_body() -> Value {
+        json!({"amount": "25.00"})
+    }
+
+    pub fn capture() -> Value {
+        entry(json!({
+            "id": CAPTURE_ID, "type": "debit", "amount": "25.00",
+            "balance_before": "87.50", "balance_after": "62.50", "seq": 3,
+            "reference": "booking-9", "idempotency_key": "capture-9", "hold_id": HOLD_ID,
+            "created_at": "2026-12-03T10:25:00.000000Z", "prev_hash": HASH_2, "hash": HASH_3
+        }))
+    }
+
+    pub fn reverse_body() -> Value {
+        json!({"amount": "5.00", "reason": "partial refund"})
+    }
+
+    pub fn reversal() -> Value {
+        entry(json!({
+            "id": REVERSAL_ID, "type": "reversal", "amount": "5.00",
+            "balance_before": "62.50", "balance_after": "67.50", "seq": 4,
+            "description": "partial refund", "idempotency_key": "refund-123-1",
+            "reverses": DEBIT_ID,
+            "created_at": "2026-12-03T10:40:00.000000Z", "prev_hash": HASH_3, "hash": HASH_4
+        }))
+    }
+
+    pub fn audit() -> Value {
+        json!({
+            "wallet_id": WALLET_ID, "entries": 4, "balance": "67.50", "ledger_sum": "67.50",
+            "chain_ok": true, "first_bad_seq": null, "checked_at": "2026-12-03T11:00:00.000000Z"
+        })
+    }
+
+    pub fn balance() -> Value {
+        json!({
+            "wallet_id": WALLET_ID, "as_of": "2026-12-03T10:20:00.000000Z",
+            "balance": "87.50", "seq": 2
+        })
+    }
+
+    pub fn export_jsonl() -> String {
+        [credit(), debit()]
+            .iter()
+            .map(|entry| format!("{entry}\n"))
+            .collect()
+    }
+
+    pub fn health() -> Value {
+        json!({"status": "ok"})
+    }
+
+    pub fn readiness() -> Value {
+        json!({
+            "status": "ready", "postgres": "up",
+            "redis": [{"node": "127.0.0.1:6379", "status": "up"}]
+        })
+    }
+
+    pub const METRICS: &str = "# HELP walletd_http_requests_total HTTP requests by route \
+        pattern, method and status\n\
+        # TYPE walletd_http_requests_total counter\n\
+        walletd_http_requests_total{method=\"POST\",route=\"/v1/wallets/{id}/debit\",status=\"201\"} 42\n";
 }
 
 #[cfg(test)]

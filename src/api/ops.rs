@@ -1,4 +1,7 @@
-//! Operational routes (no authentication): liveness, readiness, metrics, the OpenAPI document.
+//! Operational routes (no authentication): liveness, readiness, metrics, the OpenAPI document
+//! and its Swagger UI.
+
+use std::sync::{Arc, LazyLock};
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
@@ -6,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::openapi_schemas::examples;
 use super::respond::json_ok;
 use super::state::AppState;
 
@@ -22,7 +26,10 @@ fn health_status() -> utoipa::openapi::Object {
 
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process answers", body = Health)))]
+    description = "200 whenever the process answers; checks no dependency. No authentication.",
+    responses((status = 200, description = "The process answers", body = Health,
+        example = examples::health)),
+    security())]
 pub async fn healthz() -> Result<HttpResponse, ApiError> {
     json_ok(&Health { status: "ok" })
 }
@@ -65,11 +72,17 @@ fn readiness_status() -> utoipa::openapi::Object {
 /// Readiness: 200 when Postgres answers, takes writes and has every migration, else 503.
 /// Served from a probe result at most 1 s old (see `readiness`).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
+    description = "Whether this replica can serve: Postgres reachable, taking writes and \
+        migrated, and the state of each Redis node (never a password). No authentication.",
     responses(
-        (status = 200, description = "Ready (`ready`, or `degraded`: some Redis nodes are down)", body = Readiness),
+        (status = 200, description = "Ready (`ready`, or `degraded`: some Redis nodes are down)", body = Readiness,
+            example = examples::readiness),
         (status = 503, description = "Postgres is unreachable or not migrated", body = Readiness,
-            headers(("Retry-After" = u32, description = "Seconds to wait before asking again"))),
-    ))]
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again")),
+            example = json!({"status": "unavailable", "postgres": "down",
+                "redis": [{"node": "127.0.0.1:6379", "status": "up"}]})),
+    ),
+    security())]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let probe = state.readiness.current(&state.db, &state.redis).await;
     let redis: Vec<RedisNodeStatus> = probe
@@ -106,7 +119,11 @@ fn up_or_down_word(up: bool) -> &'static str {
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+    description = "Prometheus text format: requests, latencies, decisions by outcome, lock \
+        waits, idempotent replays, pool usage. No authentication.",
+    responses((status = 200, description = "Prometheus text format",
+        content((String = "text/plain", example = json!(examples::METRICS))))),
+    security())]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let text = state
         .metrics
@@ -122,9 +139,70 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 
 /// This API's OpenAPI 3.1 document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+    description = "This OpenAPI 3.1 document, generated from the code. No authentication.",
+    responses((status = 200, description = "This OpenAPI 3.1 document", content_type = "application/json", body = Object,
+        example = json!({"openapi": "3.1.0", "info": {"title": "walletd", "version": "0.1.0"}, "paths": {}}))),
+    security())]
 pub async fn openapi(doc: web::Data<String>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .body(doc.get_ref().clone())
+}
+
+/// Swagger UI's page. Asset paths are absolute, so the page works at `/docs` and `/docs/`.
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>walletd API</title>
+<link rel="stylesheet" href="/docs/swagger-ui.css">
+<link rel="stylesheet" href="/docs/index.css">
+<link rel="icon" type="image/png" href="/docs/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js"></script>
+<script src="/docs/swagger-ui-standalone-preset.js"></script>
+<script src="/docs/swagger-initializer.js"></script>
+</body>
+</html>
+"#;
+
+/// What `swagger-initializer.js` starts Swagger UI with: this document, and no online
+/// validator (the default sends the document to validator.swagger.io; nothing here leaves the
+/// machine).
+static DOCS_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> = LazyLock::new(|| {
+    Arc::new(
+        utoipa_swagger_ui::Config::from("/openapi.json")
+            .validator_url("none")
+            .try_it_out_enabled(true)
+            .persist_authorization(false),
+    )
+});
+
+/// Swagger UI for this document, served from the assets built into the binary.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    description = "Swagger UI for this document; its assets are built into the binary (no \
+        network at build or run time) and served under `/docs/`. No authentication.",
+    responses((status = 200, description = "The Swagger UI page",
+        content((String = "text/html", example = json!("<!doctype html>..."))))),
+    security())]
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .body(DOCS_PAGE)
+}
+
+/// One Swagger UI asset (`/docs/swagger-ui.css`, …); `/docs/` is the page itself. An unknown
+/// name is 404 like any unknown route.
+pub async fn docs_asset(file: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    if file.is_empty() || file.as_str() == "index.html" {
+        return Ok(docs().await);
+    }
+    let asset = utoipa_swagger_ui::serve(&file, DOCS_CONFIG.clone())
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("swagger ui asset {file}: {e}")))?
+        .ok_or(ApiError::RouteNotFound)?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, asset.content_type))
+        .body(asset.bytes.into_owned()))
 }

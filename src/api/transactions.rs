@@ -12,7 +12,7 @@ use super::openapi_schemas::{
     BadEntryRequest, Forbidden, IdempotencyKeyExpired, IdempotencyKeyHeader,
     IdempotencyKeyInProgress, PayloadTooLarge, RateLimited, ReplayedFlag, RequestTimeout,
     ReverseDeclined, ReverseNotFound, TransactionNotFound, Unauthorized, Unavailable,
-    UnsupportedMediaType,
+    UnsupportedMediaType, examples,
 };
 use super::respond::json_ok;
 use super::respond::respond;
@@ -29,16 +29,20 @@ use crate::representation::Transaction;
 
 /// Read one ledger entry.
 #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions",
-    params(("id" = String, Path, description = "Transaction id (a UUID; any other string answers 404)")),
+    description = "One ledger entry (debit, credit or reversal), as the debit or credit \
+        answered it. Scope `wallets:read`.",
+    params(("id" = uuid::Uuid, Path, description = "Transaction id (any other string answers 404)",
+               example = "01936f3e-a2b4-7c6d-9e8f-0a1b2c3d4e5f")),
     responses(
-        (status = 200, description = "The ledger entry", body = Transaction),
+        (status = 200, description = "The ledger entry", body = Transaction,
+            example = examples::debit),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = TransactionNotFound),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:read"])))]
+    security(("bearer" = [])))]
 pub async fn get_transaction(
     state: web::Data<AppState>,
     caller: Caller,
@@ -75,12 +79,19 @@ pub struct ReverseBody {
 
 /// Reverse an entry (a refund), fully or partly: a new `reversal` entry moving money back.
 #[utoipa::path(post, path = "/v1/transactions/{id}/reverse", tag = "transactions",
-    request_body(content = ReverseBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Transaction id (a UUID; any other string answers 404)"),
+    description = "A new `reversal` entry that moves money back (a debit's reversal credits \
+        the wallet, a credit's debits it), linked by `reverses`; the original never changes. \
+        `amount` defaults to all that is not yet reversed. Scope `wallets:write`. Idempotent \
+        like a debit.",
+    request_body(content = ReverseBody, content_type = "application/json",
+        example = examples::reverse_body),
+    params(("id" = uuid::Uuid, Path, description = "Transaction id (any other string answers 404)",
+               example = "01936f3e-a2b4-7c6d-9e8f-0a1b2c3d4e5f"),
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The reversal entry (or the stored answer to a retry)", body = Transaction,
-            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay"))),
+            headers(("Idempotent-Replayed" = ReplayedFlag, description = "`true` on a replay")),
+            example = examples::reversal),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -94,7 +105,7 @@ pub struct ReverseBody {
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn reverse(
     request: HttpRequest,
     state: web::Data<AppState>,

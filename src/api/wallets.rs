@@ -11,7 +11,7 @@ use super::openapi_schemas::{
     BadEntryRequest, BadQuery, CreditDeclined, DebitDeclined, Forbidden, IdempotencyKeyExpired,
     IdempotencyKeyHeader, IdempotencyKeyInProgress, IdempotencyKeyReused, PayloadTooLarge,
     RateLimited, ReplayedFlag, RequestTimeout, Unauthorized, Unavailable, UnsupportedMediaType,
-    WalletNotFound,
+    WalletNotFound, examples,
 };
 use super::respond::{json_bytes, json_ok, respond};
 use super::state::AppState;
@@ -122,7 +122,10 @@ impl EntryBody {
 
 /// Create a wallet.
 #[utoipa::path(post, path = "/v1/wallets", tag = "wallets",
-    request_body(content = CreateWalletBody, content_type = "application/json"),
+    description = "A new wallet in one currency, balance 0. Scope `wallets:write`. Idempotent: a \
+        retry with the same `Idempotency-Key` and body gets the stored answer.",
+    request_body(content = CreateWalletBody, content_type = "application/json",
+        example = examples::create_wallet_body),
     params(IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The new wallet (or the stored answer to a retry)", body = Wallet,
@@ -133,15 +136,13 @@ impl EntryBody {
                 ("Ledger" = (operation_id = "ledger",
                     parameters(("id" = "$response.body#/id")))),
                 ("PlaceHold" = (operation_id = "place_hold",
-                    parameters(("id" = "$response.body#/id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                    parameters(("id" = "$response.body#/id")))),
                 ("Credit" = (operation_id = "credit",
-                    parameters(("id" = "$response.body#/id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                    parameters(("id" = "$response.body#/id")))),
                 ("Debit" = (operation_id = "debit",
-                    parameters(("id" = "$response.body#/id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
-            )),
+                    parameters(("id" = "$response.body#/id")))),
+            ),
+            example = examples::wallet),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -154,7 +155,7 @@ impl EntryBody {
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn create_wallet(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -181,16 +182,20 @@ pub async fn create_wallet(
 
 /// Read a wallet.
 #[utoipa::path(get, path = "/v1/wallets/{id}", tag = "wallets",
-    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)")),
+    description = "The wallet's balance, held and available amounts and version. Scope \
+        `wallets:read`. Another tenant's wallet answers 404 like an unknown id.",
+    params(("id" = uuid::Uuid, Path, description = "Wallet id (any other string answers 404)",
+               example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a")),
     responses(
-        (status = 200, description = "The wallet", body = Wallet),
+        (status = 200, description = "The wallet", body = Wallet,
+            example = examples::wallet),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
         (status = 404, response = WalletNotFound),
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:read"])))]
+    security(("bearer" = [])))]
 pub async fn get_wallet(
     state: web::Data<AppState>,
     caller: Caller,
@@ -219,8 +224,15 @@ pub async fn get_wallet(
 
 /// Debit a wallet (four layers: idempotency, Redis lock, row lock, balance check).
 #[utoipa::path(post, path = "/v1/wallets/{id}/debit", tag = "wallets",
-    request_body(content = EntryBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+    description = "Takes `amount` from the wallet: one ledger entry with `balance_before` and \
+        `balance_after`, declined (422 `insufficient_funds`) when `available` (balance - held + \
+        overdraft limit) is short. Scope `wallets:write`. Idempotent: a retry with the same \
+        `Idempotency-Key` and body gets the stored answer, success or decline, and charges \
+        nothing again.",
+    request_body(content = EntryBody, content_type = "application/json",
+        example = examples::debit_body),
+    params(("id" = uuid::Uuid, Path, description = "Wallet id (any other string answers 404)",
+               example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a"),
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The ledger entry (or the stored answer to a retry)", body = Transaction,
@@ -236,11 +248,12 @@ pub async fn get_wallet(
                     parameters(("id" = "$response.body#/wallet_id")))),
                 ("Credit" = (operation_id = "credit",
                     parameters(("id" = "$response.body#/wallet_id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                    request_body = "$request.body")),
                 ("Debit" = (operation_id = "debit",
                     parameters(("id" = "$response.body#/wallet_id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
-            )),
+                    request_body = "$request.body")),
+            ),
+            example = examples::debit),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -254,7 +267,7 @@ pub async fn get_wallet(
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn debit(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -267,8 +280,12 @@ pub async fn debit(
 
 /// Credit a wallet.
 #[utoipa::path(post, path = "/v1/wallets/{id}/credit", tag = "wallets",
-    request_body(content = EntryBody, content_type = "application/json"),
-    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
+    description = "Adds `amount` to the wallet: one ledger entry. Scope `wallets:write`. \
+        Idempotent like a debit.",
+    request_body(content = EntryBody, content_type = "application/json",
+        example = examples::credit_body),
+    params(("id" = uuid::Uuid, Path, description = "Wallet id (any other string answers 404)",
+               example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a"),
            IdempotencyKeyHeader),
     responses(
         (status = 201, description = "The ledger entry (or the stored answer to a retry)", body = Transaction,
@@ -284,11 +301,12 @@ pub async fn debit(
                     parameters(("id" = "$response.body#/wallet_id")))),
                 ("Credit" = (operation_id = "credit",
                     parameters(("id" = "$response.body#/wallet_id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
+                    request_body = "$request.body")),
                 ("Debit" = (operation_id = "debit",
                     parameters(("id" = "$response.body#/wallet_id")),
-                    request_body = json!({"amount": "1", "currency": "$response.body#/currency"}))),
-            )),
+                    request_body = "$request.body")),
+            ),
+            example = examples::credit),
         (status = 400, response = BadEntryRequest),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -302,7 +320,7 @@ pub async fn debit(
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:write"])))]
+    security(("bearer" = [])))]
 pub async fn credit(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -353,13 +371,19 @@ struct LedgerQuery {
 
 /// A wallet's ledger, oldest first, with a keyset cursor.
 #[utoipa::path(get, path = "/v1/wallets/{id}/ledger", tag = "wallets",
-    params(("id" = String, Path, description = "Wallet id (a UUID; any other string answers 404)"),
-           ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000,
+    description = "The wallet's entries in `seq` order, a page at a time: pass the page's \
+        `next_cursor` as `after` for the next one (`null` on the last page). Scope \
+        `wallets:read`.",
+    params(("id" = uuid::Uuid, Path, description = "Wallet id (any other string answers 404)",
+               example = "01936f3e-8d6a-7c4e-9a51-3f2b8c1d0e7a"),
+           ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, example = 100,
                description = "Page size, 1..=1000, default 100"),
-           ("after" = Option<i64>, Query, minimum = 0, maximum = 9_223_372_036_854_775_807_i64,
-               description = "`next_cursor` of the previous page (the `seq` of its last entry)")),
+           ("after" = Option<String>, Query, pattern = r"^[0-9]{1,19}$", example = "2",
+               description = "`next_cursor` of the previous page (the `seq` of its last entry, \
+                   a string of digits); absent for the first page")),
     responses(
-        (status = 200, description = "A page of the ledger, oldest first", body = LedgerPage),
+        (status = 200, description = "A page of the ledger, oldest first", body = LedgerPage,
+            example = examples::ledger_page),
         (status = 400, response = BadQuery),
         (status = 401, response = Unauthorized),
         (status = 403, response = Forbidden),
@@ -367,7 +391,7 @@ struct LedgerQuery {
         (status = 429, response = RateLimited),
         (status = 503, response = Unavailable),
     ),
-    security(("bearer" = ["wallets:read"])))]
+    security(("bearer" = [])))]
 pub async fn ledger(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -419,12 +443,19 @@ pub async fn ledger(
     })
 }
 
-/// A cursor is the `seq` of the last entry of the previous page.
+/// Longest cursor: `i64::MAX`, the largest `seq`, has 19 digits.
+const CURSOR_DIGITS_MAX: usize = 19;
+
+/// A cursor is the `seq` of the last entry of the previous page, as `next_cursor` renders it:
+/// 1 to 19 ASCII digits (the document's pattern for `after`). One beyond every `seq` is an
+/// empty page, not an error, so everything the pattern allows is answered.
 fn parse_cursor(cursor: &str) -> Result<i64, ApiError> {
-    cursor
-        .parse::<i64>()
-        .ok()
-        .filter(|seq| *seq >= 0)
+    let digits = (1..=CURSOR_DIGITS_MAX).contains(&cursor.len())
+        && cursor.bytes().all(|b| b.is_ascii_digit());
+    digits
+        .then(|| cursor.parse::<u64>().ok())
+        .flatten()
+        .map(|seq| i64::try_from(seq).unwrap_or(i64::MAX))
         .ok_or_else(|| ApiError::Validation("after is not a cursor returned by this API".into()))
 }
 
@@ -510,6 +541,37 @@ mod fuzz {
             prop_assert!(money.amount().scale() <= currency.minor_units(), "{text}");
             prop_assert!(!text.contains("balance_after"));
             prop_assert!(!text.contains(r#""a":1,"a":2"#));
+        }
+    }
+}
+
+#[cfg(test)]
+mod cursor {
+    use super::*;
+
+    #[test]
+    fn a_cursor_is_what_next_cursor_renders() {
+        for (text, seq) in [
+            ("0", 0),
+            ("2", 2),
+            ("007", 7),
+            ("9223372036854775807", i64::MAX),
+        ] {
+            assert_eq!(parse_cursor(text).ok(), Some(seq), "{text}");
+        }
+        // Beyond every seq: an empty page, not a refusal (the document's pattern allows it).
+        assert_eq!(parse_cursor("9999999999999999999").ok(), Some(i64::MAX));
+        for text in [
+            "",
+            "-1",
+            "+1",
+            " 1",
+            "1.5",
+            "abc",
+            "12345678901234567890",
+            "١",
+        ] {
+            assert!(parse_cursor(text).is_err(), "{text}");
         }
     }
 }

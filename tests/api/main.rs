@@ -19,6 +19,7 @@ mod idempotency;
 mod ledger_db;
 mod logging;
 mod metrics;
+mod openapi;
 mod ops;
 mod outbox;
 mod redlock;
