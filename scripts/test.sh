@@ -27,9 +27,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "== deploy checks: alert rules and dashboard (scripts/check_deploy.sh), compose and nginx (scripts/check_compose.sh)"
+scripts/check_deploy.sh
+scripts/check_compose.sh
 echo "== cargo test"
 cargo test --locked --all-targets
 echo "== chaos (scripts/chaos.sh)"
 scripts/chaos.sh
 echo "== schemathesis (scripts/schemathesis.sh)"
 scripts/schemathesis.sh
+echo "== OpenAPI generators, linters, generated-client smoke test, /docs in Chromium (scripts/openapi_check.sh)"
+scripts/openapi_check.sh
+echo "== cluster: 3 replicas behind nginx, 3 Redis, a replica killed, a Redis node stopped (scripts/cluster.sh)"
+scripts/cluster.sh

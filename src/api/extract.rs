@@ -52,6 +52,13 @@ impl<T: DeserializeOwned> JsonBody<T> {
         // catches them among a struct's own fields; inside `metadata` the last would win).
         serde_json::from_slice::<NoDuplicateKeys>(bytes).map_err(invalid)?;
         let tree: Value = serde_json::from_slice(bytes).map_err(invalid)?;
+        // serde's derive also reads a struct from an array of its fields in order
+        // (`["12.50","EUR",null,null,null]`); a body is a JSON object (API.md, Conventions).
+        if !tree.is_object() {
+            return Err(ApiError::Validation(
+                "invalid request body: expected a JSON object".into(),
+            ));
+        }
         let value: T = serde_json::from_slice(bytes).map_err(invalid)?;
         let canonical = canonical_json(&tree);
         Ok(Self { value, canonical })

@@ -1315,3 +1315,23 @@ async fn an_unreachable_database_answers_503_unavailable_quickly() {
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Guard: `JsonBody::parse`'s object check. serde's derive would read a body struct from an
+/// array of its fields in order; a body that is not a JSON object is 400, and nothing happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_array_body_is_refused_not_read_as_the_fields_in_order() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    for (path, body) in [
+        ("/v1/wallets".to_owned(), json!(["EUR", null, null])),
+        (
+            format!("/v1/wallets/{wallet}/credit"),
+            json!(["10.00", "EUR", null, null, null]),
+        ),
+    ] {
+        let response = app.post(&path, &new_key(), &body).await;
+        assert_problem(response, 400, "validation_failed").await;
+    }
+    assert_eq!(app.wallet(&wallet).await["balance"], "0.00");
+    assert!(app.ledger(&wallet).await.is_empty());
+}
