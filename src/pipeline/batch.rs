@@ -306,7 +306,11 @@ impl Pipeline {
     /// serialization failure or deadlock, within the leader's deadline).
     async fn batch_transaction(&self, jobs: &[Job]) -> Result<Batched, PipelineError> {
         let Some(deadline) = jobs.iter().map(|job| job.deadline).reduce(Deadline::min) else {
-            return Ok(Batched::Committed((Vec::new(), Changes::default(), Mark::Off)));
+            return Ok(Batched::Committed((
+                Vec::new(),
+                Changes::default(),
+                Mark::Off,
+            )));
         };
         let mut conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
@@ -366,7 +370,10 @@ impl Pipeline {
 }
 
 /// How a batch's transaction ended, if it did not fail.
-#[allow(clippy::large_enum_variant, reason = "made once per transaction and moved once")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per transaction and moved once"
+)]
 enum Batched {
     Committed(Decided),
     /// Rolled back because a job's key already had its row.

@@ -321,7 +321,9 @@ impl Pipeline {
             // The key had its row already: nothing of ours committed; the row answers.
             Ok(Executed::KeyTaken) => {
                 release.await;
-                return self.answer_taken_key(&request, claim, operation, deadline).await;
+                return self
+                    .answer_taken_key(&request, claim, operation, deadline)
+                    .await;
             }
             // Anything else frees the key, so that a retry executes afresh.
             Err(error) => {
@@ -398,8 +400,8 @@ impl Pipeline {
         operation: &str,
         deadline: Deadline,
     ) -> Result<Begin, PipelineError> {
-        let begun = idempotency::begin(&self.db, &self.replay_cache, request, self.lease, deadline)
-            .await?;
+        let begun =
+            idempotency::begin(&self.db, &self.replay_cache, request, self.lease, deadline).await?;
         if let Begin::Replay(_) = &begun {
             self.metrics.record_replay(operation);
         }
@@ -513,7 +515,10 @@ impl Pipeline {
 }
 
 /// How a request's transaction ended, if it did not fail.
-#[allow(clippy::large_enum_variant, reason = "made once per transaction and moved once")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per transaction and moved once"
+)]
 enum Executed {
     /// Committed: the answer, what changed, and the cache mark made before the commit.
     Committed(StoredResponse, Changes, Mark),

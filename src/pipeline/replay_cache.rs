@@ -123,7 +123,10 @@ impl ReplayCache {
             Ok((2, _)) => Lookup::Marked,
             Ok((3, _)) => Lookup::Busy,
             Ok(other) => {
-                tracing::warn!(reply = other.0, "unexpected replay-cache reply; asking Postgres");
+                tracing::warn!(
+                    reply = other.0,
+                    "unexpected replay-cache reply; asking Postgres"
+                );
                 Lookup::Unavailable
             }
             Err(error) => {
@@ -178,7 +181,9 @@ impl ReplayCache {
 }
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// A key's two Redis keys. Hashed: idempotency keys are client-chosen and may hold characters a

@@ -38,7 +38,7 @@ pub(super) async fn reverse_once(
 ) -> Result<StoredResponse, TxError> {
     let wallet = match command.wallet {
         Some(wallet) => lock_wallet(conn, claim.tenant(), wallet).await?,
-        None => None
+        None => None,
     };
     let response = match wallet {
         None => Decline::TransactionNotFound.stored(),

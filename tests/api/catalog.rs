@@ -23,10 +23,7 @@ fn plan() -> BTreeMap<&'static str, Placement> {
         ("holds", Distributed("wallet_id", Group::Wallet)),
         ("outbox_events", Distributed("wallet_id", Group::Wallet)),
         ("idempotency_keys", Distributed("result_id", Group::Result)),
-        (
-            "routes_before_result_ids",
-            Distributed("id", Group::Result),
-        ),
+        ("routes_before_result_ids", Distributed("id", Group::Result)),
         // diesel's own bookkeeping, written only by `walletd migrate`.
         ("__diesel_schema_migrations", Reference),
     ])
@@ -235,7 +232,12 @@ async fn no_column_default_calls_a_volatile_function() {
     let defaults: Vec<String> = volatile_defaults(&mut db, "%")
         .await
         .iter()
-        .map(|d| format!("{}.{} DEFAULT {}", d.table_name, d.column_name, d.expression))
+        .map(|d| {
+            format!(
+                "{}.{} DEFAULT {}",
+                d.table_name, d.column_name, d.expression
+            )
+        })
         .collect();
     assert!(defaults.is_empty(), "{defaults:#?}");
 
@@ -281,7 +283,12 @@ async fn no_statement_of_the_service_writes_a_volatile_function() {
             }
             for function in &volatile {
                 if line.contains(&format!("{}(", function.name)) {
-                    offending.push(format!("{}:{}: {}", file.display(), number + 1, line.trim()));
+                    offending.push(format!(
+                        "{}:{}: {}",
+                        file.display(),
+                        number + 1,
+                        line.trim()
+                    ));
                 }
             }
         }

@@ -442,7 +442,11 @@ async fn a_claim_dropped_without_an_answer_frees_its_key() {
         panic!("a fresh key is claimed");
     };
     assert!(crate::helpers::in_flight_marker_set(&app, &key).await);
-    assert_eq!(key_rows(&app, &key).await, 0, "nothing is written before the transaction");
+    assert_eq!(
+        key_rows(&app, &key).await,
+        0,
+        "nothing is written before the transaction"
+    );
     assert_problem(
         app.post(&format!("/v1/wallets/{wallet}/debit"), &key, &body)
             .await,
@@ -502,7 +506,12 @@ async fn a_marker_answers_409_only_while_nothing_is_stored() {
     // A marker and nothing stored: a twin in flight.
     let twin = new_key();
     let _: () = set_marker(&twin).query_async(&mut redis).await.unwrap();
-    assert_problem(app.post(&path, &twin, &body).await, 409, "idempotency_key_in_progress").await;
+    assert_problem(
+        app.post(&path, &twin, &body).await,
+        409,
+        "idempotency_key_in_progress",
+    )
+    .await;
     assert_eq!(entries_with_key(&app, &twin).await, 0);
 }
 
@@ -535,7 +544,12 @@ async fn a_key_whose_row_exists_is_answered_from_it_and_writes_nothing() {
     // The same key for another request: refused, from the row.
     let other = json!({"amount": "2.00", "currency": "EUR"});
     crate::helpers::forget_replay_cache(&app, &key).await;
-    assert_problem(app.post(&path, &key, &other).await, 422, "idempotency_key_reused").await;
+    assert_problem(
+        app.post(&path, &key, &other).await,
+        422,
+        "idempotency_key_reused",
+    )
+    .await;
     assert_eq!(entries_with_key(&app, &key).await, 1);
 }
 

@@ -192,7 +192,9 @@ async fn a_key_whose_lease_lapsed_is_taken_over_and_executes_once() {
     // The marker as a crashed request leaves it, with a short lease left.
     let mut redis = app.redis().await;
     let _: () = redis::cmd("SET")
-        .arg(crate::helpers::idempotency_redis_key(&app, "inflight", "crashed"))
+        .arg(crate::helpers::idempotency_redis_key(
+            &app, "inflight", "crashed",
+        ))
         .arg("a-crashed-request")
         .arg("PX")
         .arg(1_500)
