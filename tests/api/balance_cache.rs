@@ -165,8 +165,11 @@ async fn a_writer_marks_its_entry_pending_before_it_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_after_a_write_on_another_replica_sees_the_write() {
     const ROUNDS: usize = 40;
-    let app = TestApp::spawn().await;
-    let replica = app.spawn_replica(|_| {}).await;
+    // The hammer reads as fast as the cache answers, well past the per-key rate limit (a 429
+    // is not what this test is about), so the limit is off on both replicas.
+    let unlimited = |s: &mut walletd::config::Settings| s.rate_limit.requests_per_second = 0;
+    let app = TestApp::spawn_with(unlimited).await;
+    let replica = app.spawn_replica(unlimited).await;
     let wallet = app.create_wallet("EUR").await;
     app.fund(&wallet, "1000.00").await;
     let done = std::sync::atomic::AtomicBool::new(false);
