@@ -24,7 +24,7 @@
 -- 5xx, so its client retries; nothing is charged twice).
 
 -- The result id: SHA-256 over a label, the tenant id's 16 bytes and the key's bytes, first 16
--- bytes, stamped as a version 8 (custom) RFC 9562 UUID. src/domain/ids.rs computes the same.
+-- bytes, stamped as a version 8 (custom) RFC 9562 UUID. src/domain/idempotency_key.rs computes the same.
 CREATE FUNCTION walletd_result_id(tenant uuid, key text) RETURNS uuid
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT encode(

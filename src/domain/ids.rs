@@ -1,5 +1,7 @@
 //! Typed identifiers, so a wallet id can never be passed where a tenant id is expected.
-//! All are UUIDs; new ones are v7 (time-ordered, so indexes stay append-mostly).
+//! All are UUIDs. Wallet ids are v7 (time-ordered, so indexes stay append-mostly); an entry's
+//! or hold's id is its idempotency key's result id, a v8 derived from the tenant and the key
+//! (see `IdempotencyKey::result_id`), so a retry knows it without a lookup.
 
 use std::fmt;
 

@@ -66,14 +66,6 @@ struct Job {
     answer: oneshot::Sender<Answer>,
 }
 
-impl Job {
-    /// Answers the job with a failure: its key is freed (nothing was stored for it).
-    async fn refuse(self, error: PipelineError) {
-        self.claim.abandon().await;
-        let _ = self.answer.send(Err(error));
-    }
-}
-
 /// A queued job's receipt: how its request learns its answer, or takes its job back.
 struct Ticket {
     id: u64,
@@ -206,8 +198,9 @@ impl Pipeline {
             Err(error) => {
                 return match self.coalescer.withdraw(&ticket) {
                     Some(job) => {
-                        job.claim.abandon().await;
-                        Err(error)
+                        let operation = job.entry.kind.as_str();
+                        self.refused(&job.request, job.claim, operation, job.deadline, error)
+                            .await
                     }
                     // A batch took it while this request gave up waiting: its answer stands.
                     None => answered(ticket.answer.await),
@@ -247,7 +240,7 @@ impl Pipeline {
                     self.answer_taken(job).await;
                 }
             }
-            Err(error) => fail(jobs, &error).await,
+            Err(error) => self.fail(jobs, &error).await,
         }
         if guard.expired() {
             tracing::warn!(
@@ -268,9 +261,27 @@ impl Pipeline {
                     let [job] = alone;
                     self.answer_taken(job).await;
                 }
-                Err(error) => fail(Vec::from(alone), &error).await,
+                Err(error) => self.fail(Vec::from(alone), &error).await,
             }
         }
+    }
+
+    /// Answers a job with a failure: nothing was stored for it, so its key is freed, unless
+    /// the key's answer was stored before (see [`Pipeline::refused`]).
+    async fn refuse(&self, job: Job, error: PipelineError) {
+        let operation = job.entry.kind.as_str();
+        let answer = self
+            .refused(&job.request, job.claim, operation, job.deadline, error)
+            .await;
+        let _ = job.answer.send(answer);
+    }
+
+    /// Every job of a batch that failed as a whole, each with its own copy of the failure.
+    async fn fail(&self, jobs: Vec<Job>, error: &PipelineError) {
+        let failed = jobs
+            .into_iter()
+            .map(|job| self.refuse(job, error.for_another_request()));
+        join_all(failed).await;
     }
 
     /// A job whose key had its row already: that row is its answer.
@@ -296,7 +307,7 @@ impl Pipeline {
                         metrics.record_entry(job.entry.kind.as_str(), stored.status);
                         let _ = job.answer.send(Ok(Outcome::Executed(stored)));
                     }
-                    Err(error) => job.refuse(error).await,
+                    Err(error) => self.refuse(job, error).await,
                 }
             });
         tokio::join!(self.effects.after_commit(&changes, mark), join_all(settled));
@@ -312,9 +323,9 @@ impl Pipeline {
                 Mark::Off,
             )));
         };
-        let mut conn = transaction::connection(&self.db, &deadline).await?;
+        let conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
-        transaction::within_deadline(&deadline, async {
+        transaction::transaction_within_deadline(&deadline, conn, async |conn| {
             let mut attempt = 1;
             loop {
                 let outcome = conn
@@ -381,13 +392,6 @@ enum Batched {
 }
 
 /// A batch that did not commit: every job frees its key and gets the failure.
-async fn fail(jobs: Vec<Job>, error: &PipelineError) {
-    let failed = jobs
-        .into_iter()
-        .map(|job| job.refuse(error.for_another_request()));
-    join_all(failed).await;
-}
-
 /// A job's answer as its request returns it.
 fn answered(answer: Result<Answer, oneshot::error::RecvError>) -> Answer {
     answer.unwrap_or_else(|_| {

@@ -1,9 +1,10 @@
 //! Layers 3 and 4: the row-locked Postgres transaction and the in-lock balance check.
 //!
-//! One transaction: lock the wallet row (`SELECT … FOR UPDATE`), re-claim the idempotency key,
-//! decide from the locked row, then write the wallet, the ledger entry and the stored response
-//! and commit them together. Whatever the Redis lock did, two debits of one wallet meet here
-//! one after the other, and each sees the balance the other committed.
+//! One transaction: lock the wallet row (`SELECT … FOR UPDATE`), decide from the locked row,
+//! then write the wallet, the ledger entry and the stored response (the key's one row; a row
+//! already there rolls everything back) and commit them together. Whatever the Redis lock did,
+//! two debits of one wallet meet here one after the other, and each sees the balance the other
+//! committed.
 
 use rust_decimal::Decimal;
 

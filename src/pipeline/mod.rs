@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use diesel_async::AsyncConnection;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::balance_cache::Mark;
 use crate::config::{DatabaseSettings, Settings, ms};
@@ -117,7 +118,7 @@ impl Command {
     }
 
     /// Layers 3 and 4: inside the transaction, after the statements are bounded; the command
-    /// locks its wallet row, re-asserts the claim, decides, and records in `changes` what it
+    /// locks its wallet row, decides, and records in `changes` what it
     /// changed. Storing the answer and the events is not its job: the pipeline does that once
     /// for every command, in the same transaction.
     async fn run_locked(
@@ -205,11 +206,15 @@ impl Pipeline {
             )));
         };
         let pipeline = Arc::clone(self);
-        tokio::spawn(async move {
-            let outcome = pipeline.execute(request, command).await;
-            drop(slot);
-            outcome
-        })
+        // The task keeps the request's span, so what the pipeline logs carries its request id.
+        tokio::spawn(
+            async move {
+                let outcome = pipeline.execute(request, command).await;
+                drop(slot);
+                outcome
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|join_error| {
             PipelineError::Internal(anyhow::anyhow!("pipeline task failed: {join_error}"))
@@ -241,6 +246,7 @@ impl Pipeline {
                 claim.targets(resolved.0.wallet);
                 resolved
             }
+            // A read that failed (the database down or slow): nothing to look up.
             Err(error) => {
                 claim.abandon().await;
                 return Err(error);
@@ -253,18 +259,11 @@ impl Pipeline {
             None => None,
             Some(wallet) => match self.enqueue(request.tenant, wallet) {
                 Ok(place) => Some(place),
-                // Shedding writes nothing, but a retry whose answer is stored is owed that
-                // answer: look, read-only, before refusing.
+                // Shedding writes nothing; a retry whose answer is stored still gets it.
                 Err(shed) => {
-                    claim.abandon().await;
-                    let owed = idempotency::stored_answer(&self.db, &request, deadline).await?;
-                    return match owed {
-                        Some(stored) => {
-                            self.metrics.record_replay(operation);
-                            Ok(Outcome::Replayed(stored))
-                        }
-                        None => Err(shed),
-                    };
+                    return self
+                        .refused(&request, claim, operation, deadline, shed)
+                        .await;
                 }
             },
         };
@@ -285,8 +284,9 @@ impl Pipeline {
             Some(place) => match self.lock(place, deadline).await {
                 Ok(guard) => Some(guard),
                 Err(error) => {
-                    claim.abandon().await;
-                    return Err(error);
+                    return self
+                        .refused(&request, claim, operation, deadline, error)
+                        .await;
                 }
             },
         };
@@ -294,7 +294,7 @@ impl Pipeline {
             clock.lap("lock");
         }
 
-        // 3 + 4. Row lock, key re-claim, the command's decision, one commit (with the events
+        // 3 + 4. Row lock, the command's decision, the key's row with its answer, one commit (with the events
         // of what changed, and the wallet's cache entry marked pending before it).
         let result = self.transaction(&claim, &command, deadline).await;
         clock.lap("transaction");
@@ -328,8 +328,9 @@ impl Pipeline {
             // Anything else frees the key, so that a retry executes afresh.
             Err(error) => {
                 release.await;
-                claim.abandon().await;
-                return Err(error);
+                return self
+                    .refused(&request, claim, operation, deadline, error)
+                    .await;
             }
         };
         clock.lap("after_commit");
@@ -408,6 +409,48 @@ impl Pipeline {
         Ok(begun)
     }
 
+    /// A claimed request that ends without committing frees its key, so that a retry executes
+    /// afresh. But layer 1 claims a key on Redis alone when Redis holds no answer for it, and
+    /// Postgres may still hold one (its cached copy lapsed or was lost): a late retry is owed
+    /// that answer, or the key's own refusal (reused for another request, expired), not a
+    /// refusal of the moment (a 400 against today's balance, a busy wallet). One read by
+    /// primary key, only after those refusals; a dependency that is down is answered as it is.
+    async fn refused(
+        &self,
+        request: &IdempotentRequest,
+        claim: Claim,
+        operation: &str,
+        deadline: Deadline,
+        error: PipelineError,
+    ) -> Result<Outcome, PipelineError> {
+        if !matches!(
+            error,
+            PipelineError::Rejected(_) | PipelineError::LockTimeout
+        ) {
+            claim.abandon().await;
+            return Err(error);
+        }
+        match idempotency::stored_answer(&self.db, request, deadline).await {
+            Ok(Some(stored)) => {
+                claim.answered(&stored).await;
+                self.metrics.record_replay(operation);
+                Ok(Outcome::Replayed(stored))
+            }
+            Err(
+                refusal @ (PipelineError::IdempotencyKeyReused
+                | PipelineError::IdempotencyKeyExpired),
+            ) => {
+                claim.abandon().await;
+                Err(refusal)
+            }
+            // Nothing stored, or the look-up itself failed: the refusal stands.
+            Ok(None) | Err(_) => {
+                claim.abandon().await;
+                Err(error)
+            }
+        }
+    }
+
     /// The request's transaction met its key's row (a twin committed first, or the answer was
     /// stored before and its cached copy is gone): the row is the answer.
     async fn answer_taken_key(
@@ -469,10 +512,10 @@ impl Pipeline {
         command: &Command,
         deadline: Deadline,
     ) -> Result<Executed, PipelineError> {
-        let mut conn = transaction::connection(&self.db, &deadline).await?;
+        let conn = transaction::connection(&self.db, &deadline).await?;
         let database = &self.database;
         let effects = &self.effects;
-        transaction::within_deadline(&deadline, async {
+        transaction::transaction_within_deadline(&deadline, conn, async |conn| {
             let mut attempt = 1;
             loop {
                 let outcome: Result<(StoredResponse, Changes, Mark), TxError> = conn

@@ -121,11 +121,28 @@ fn tightened_timeouts(left_ms: u64, database: &DatabaseSettings) -> Option<Strin
     ))
 }
 
-/// Runs a whole transaction (all its attempts) within the deadline. Past it the future is
-/// dropped: the connection goes with it, so Postgres rolls the transaction back (a connection
-/// dropped mid-transaction is never returned to the pool). If the deadline fell during COMMIT
-/// the outcome is unknown to us, which is safe: the caller then frees only a key still in
-/// flight under its own token, and a committed answer stays.
+/// Runs a whole transaction (all its attempts) on `conn` within the deadline. Past it the
+/// transaction's future is dropped mid-statement and the connection is taken out of the pool
+/// and closed: Postgres rolls back at once, freeing the row lock and the uncommitted rows (a
+/// connection returned to the pool would hold them, idle in transaction, until its next
+/// checkout). If the deadline fell during COMMIT the outcome is unknown to us, which is safe: a
+/// committed answer stays, and a retry is answered from it.
+pub async fn transaction_within_deadline<T>(
+    deadline: &Deadline,
+    mut conn: Object<PgConn>,
+    transaction: impl AsyncFnOnce(&mut PgConn) -> Result<T, PipelineError>,
+) -> Result<T, PipelineError> {
+    let bounded = deadline
+        .bound("the transaction", transaction(&mut conn))
+        .await;
+    bounded.unwrap_or_else(|passed| {
+        drop(Object::take(conn));
+        Err(PipelineError::Unavailable(passed.into()))
+    })
+}
+
+/// Runs a read within the deadline (a read-only statement outside a transaction: dropping it
+/// leaves nothing held).
 pub async fn within_deadline<T>(
     deadline: &Deadline,
     transaction: impl Future<Output = Result<T, PipelineError>>,

@@ -1,5 +1,6 @@
 //! Layer 1: stored answers replayed byte for byte, keys bound to one request, leases.
 
+use diesel_async::SimpleAsyncConnection;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -346,4 +347,46 @@ async fn a_replay_is_served_from_postgres_when_the_replay_cache_has_forgotten_it
         before
     );
     assert_eq!(before.0["balance"], "70.00");
+}
+
+/// Layer 1 claims a key on Redis alone when Redis has no answer for it. A late retry whose
+/// answer only Postgres still holds (the cached copy lapsed), arriving while the wallet is busy
+/// (its row held by another session, so the transaction times out on the row lock), is owed
+/// the stored answer, or the key's refusal for another body: never a `lock_timeout` of the
+/// moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_retry_gets_its_stored_answer_even_when_the_wallet_is_busy() {
+    let app = TestApp::spawn_with(|s| s.database.lock_timeout_ms = 300).await;
+    let wallet = app.create_wallet("EUR").await;
+    app.fund(&wallet, "100.00").await;
+    let first = app.debit(&wallet, "late-retry", "30.00").await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first_body = first.bytes().await.unwrap();
+
+    let mut blocker = app.db().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM wallets WHERE id = '{wallet}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    // The wallet is busy: a new key meets the row lock and is refused for now.
+    assert_problem(
+        app.debit(&wallet, "new-key", "1.00").await,
+        503,
+        "lock_timeout",
+    )
+    .await;
+
+    assert!(!drop_replay_cache(&app).await.is_empty());
+    let reused = app.debit(&wallet, "late-retry", "31.00").await;
+    assert_problem(reused, 422, "idempotency_key_reused").await;
+    drop_replay_cache(&app).await;
+    let replay = app.debit(&wallet, "late-retry", "30.00").await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.bytes().await.unwrap(), first_body);
+
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(app.wallet(&wallet).await["balance"], "70.00");
 }
