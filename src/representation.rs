@@ -239,7 +239,7 @@ impl Hold {
 pub struct LedgerPage {
     pub entries: Vec<Transaction>,
     /// Pass as `after` to get the next page; `null` on the last page.
-    #[schema(required = true, pattern = "^[0-9]+$")]
+    #[schema(required = true, pattern = r"^[0-9]{1,19}$", example = "2")]
     pub next_cursor: Option<String>,
 }
 

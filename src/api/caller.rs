@@ -32,9 +32,8 @@ impl FromRequest for Caller {
         Box::pin(async move {
             let state =
                 state.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("AppState missing")))?;
-            let caller = state.auth.caller(token.as_deref()).await?;
-            super::middleware::note_tenant(&request, caller.tenant);
-            Ok(caller)
+            let note = |caller: &Caller| super::middleware::note_tenant(&request, caller.tenant);
+            Ok(state.auth.caller(token.as_deref(), note).await?)
         })
     }
 }

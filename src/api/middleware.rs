@@ -196,7 +196,12 @@ pub async fn request_context(
         .match_pattern()
         .unwrap_or_else(|| "<unmatched>".to_owned());
     let key_hash = idempotency_key_hash(&request);
-    let span = tracing::info_span!("request", request_id = %id_text);
+    // What the pipeline logs inside this span names the request and the key's hash.
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id_text,
+        idempotency_key_sha256 = key_hash.as_deref()
+    );
     let mut response = next.call(request).instrument(span).await?;
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -85,8 +85,15 @@ impl Authenticator {
     }
 
     /// The caller behind a bearer token, admitted (not revoked, within its rate limit).
-    pub async fn caller(&self, token: Option<&str>) -> Result<Caller, AuthError> {
+    /// `known` hears of the tenant once the key is verified, before admission, so that a
+    /// refused request is still attributed to its tenant.
+    pub async fn caller(
+        &self,
+        token: Option<&str>,
+        known: impl FnOnce(&Caller),
+    ) -> Result<Caller, AuthError> {
         let caller = self.authenticate(token).await?;
+        known(&caller);
         admission::admit(&self.redis, self.requests_per_second, caller.key).await?;
         Ok(caller)
     }

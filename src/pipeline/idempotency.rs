@@ -313,7 +313,7 @@ impl Drop for Claim {
         };
         let (cache, request) = (self.cache.clone(), self.request.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            tracing::warn!(key = %request.key, "idempotency claim dropped without an answer; clearing its marker");
+            tracing::warn!("idempotency claim dropped without an answer; clearing its marker");
             runtime.spawn(async move { cache.unmark(&request, token).await });
         }
     }

@@ -175,7 +175,7 @@ impl ReplayCache {
             .call(async |c| invocation.invoke_async(c).await)
             .await;
         if let Err(error) = cleared {
-            tracing::debug!(%error, key = %request.key, "could not clear an in-flight marker; it lapses with its lease");
+            tracing::debug!(%error, "could not clear an in-flight marker; it lapses with its lease");
         }
     }
 }

@@ -20,6 +20,11 @@ struct Served {
 
 impl Served {
     async fn start(app: &TestApp) -> Self {
+        Self::start_with(app, &[]).await
+    }
+
+    /// As [`Served::start`], with extra environment (settings overrides).
+    async fn start_with(app: &TestApp, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_walletd"))
             .arg("serve")
@@ -30,6 +35,7 @@ impl Served {
             .env_remove("WALLETD_CONFIG_DIR")
             .env_remove("WALLETD__LOG__FORMAT")
             .envs(isolation_env(&app.database_url))
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -150,6 +156,38 @@ async fn production_logs_one_json_line_per_request_without_the_idempotency_key()
         decline["level"], "INFO",
         "a decline is not a failure: {decline}"
     );
+}
+
+/// A request refused by the rate limit is still attributed to its tenant: the key was
+/// verified before admission refused it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_request_line_names_its_tenant() {
+    let app = TestApp::spawn().await;
+    let wallet = app.create_wallet("EUR").await;
+    let served =
+        Served::start_with(&app, &[("WALLETD__RATE_LIMIT__REQUESTS_PER_SECOND", "1")]).await;
+    let mut limited = Vec::new();
+    for i in 0..5 {
+        let request_id = format!("log-test-limited-{i}");
+        let response = app
+            .client
+            .get(format!("{}/v1/wallets/{wallet}", served.base))
+            .bearer_auth(&app.api_key)
+            .header("X-Request-Id", &request_id)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited.push(request_id);
+        }
+    }
+    assert!(!limited.is_empty(), "5 requests at once within 1/s");
+    let lines = json_lines(&served.logs().await);
+    for request_id in &limited {
+        let line = request_line(&lines, request_id);
+        assert_eq!(line["outcome"], "rate_limited", "{line}");
+        assert_eq!(line["tenant"], app.tenant_id.as_str(), "{line}");
+    }
 }
 
 /// What clients get wrong is not walletd's failure: a malformed request line or header, a bad
