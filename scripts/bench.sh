@@ -22,11 +22,10 @@
 #   reads    (walletd only) READERS readers doing READS GET /v1/wallets/{id} each over
 #            READ_WALLETS wallets while WRITERS writers debit them; balance cache hit ratio
 #   sql      (not in the default list; needs the new target) where the uniform gap is: pgbench
-#            only, interleaved: the raw debit (A), then walletd's own statements for one debit on
-#            walletd's schema with its triggers (scripts/bench/walletd_two_commits.sql: the claim
-#            committed on its own, then the row-locked transaction, as walletd runs them), and
-#            the same with the claim moved inside the transaction (derived from it: what one
-#            commit would give). Run on the new target's database, its wallets, its relay.
+#            only, interleaved: the raw debit (A), then walletd's own Postgres statements for one
+#            debit on walletd's schema with its triggers (scripts/bench/walletd_debit.sql: one
+#            row-locked transaction with the entry, the event and the stored answer, one commit).
+#            Run on the new target's database, its wallets, its relay.
 #   fixed rate (after the rounds; FIXED_RATE=0 skips it): RATE_FRACTION (0.5) x the median
 #            uniform req/s of the new build, for RATE_DURATION seconds, open loop (a debit is due
 #            every 1/rate s whatever happened to the earlier ones; latency from the time it was
@@ -400,17 +399,12 @@ for scenario in $SCENARIOS; do
         -c "CREATE UNIQUE INDEX ON bench_ids (n)"
       [ "$(psql_do walletd_bench_new -c 'SELECT count(*) FROM bench_ids')" = "$WALLETS" ] \
         || die "sql: walletd_bench_new does not hold $WALLETS wallets"
-      # One commit: the same statements with the claim's INSERT moved just after BEGIN.
-      awk '/^INSERT INTO idempotency_keys/ {claim = $0; next} {print} /^BEGIN;$/ {print claim}' \
-        "$root/scripts/bench/walletd_two_commits.sql" >"$work/walletd_one_commit.sql"
       echo
       printf '%-8s %5s %-12s %9s %7s %7s %7s %-16s %7s\n' sql round statements tps p50 p90 p99 failed x/raw
       for round in $(seq 1 "$ROUNDS"); do
-        for v in raw two_commits one_commit; do
+        for v in raw walletd; do
           if [ "$v" = raw ]; then line=$(run_pgbench uniform)
-          elif [ "$v" = two_commits ]; then
-            line=$(run_pgbench sql "$root/scripts/bench/walletd_two_commits.sql" walletd_bench_new)
-          else line=$(run_pgbench sql "$work/walletd_one_commit.sql" walletd_bench_new); fi
+          else line=$(run_pgbench sql "$root/scripts/bench/walletd_debit.sql" walletd_bench_new); fi
           r=$(field "$line" rps); [ "$v" = raw ] && round_pg=$r
           rps[sql,$v]+=" $r"
           printf '%-8s %5s %-12s %9.1f %7s %7s %7s %-16s %7s\n' "" "$round" "$v" "$r" "$(field "$line" p50_ms)" \
@@ -450,11 +444,10 @@ if [[ " $SCENARIOS " == *" uniform "* ]]; then
   done
 fi
 if [[ " $SCENARIOS " == *" sql "* ]]; then
-  raw=$(median <<<"${rps[sql,raw]}") two=$(median <<<"${rps[sql,two_commits]}") one=$(median <<<"${rps[sql,one_commit]}")
-  echo "sql      median tps: raw $raw; walletd's statements $two ($(ratio "$two" "$raw") x raw), with one commit $one ($(ratio "$one" "$raw") x raw)"
+  raw=$(median <<<"${rps[sql,raw]}") own=$(median <<<"${rps[sql,walletd]}")
+  echo "sql      median tps: raw $raw; walletd's statements $own ($(ratio "$own" "$raw") x raw)"
   if [[ " $SCENARIOS " == *" uniform "* ]]; then
-    b=$(median <<<"${rps[uniform,new]:-}")
-    echo "sql      walletd over HTTP (uniform) / its own statements through pgbench: $(ratio "$b" "$two")"
+    echo "sql      walletd over HTTP (uniform) / its own statements through pgbench: $(ratio "$b" "$own")"
   fi
 fi
 for scenario in hot replay; do
