@@ -278,6 +278,7 @@ drive verify || FAILED=1
 drive ratelimit --limit "$RATE_LIMIT" || FAILED=1
 drive revoke --which 2 --label redis_up || FAILED=1
 REVOCATIONS+=(redis_up)
+drive metrics || FAILED=1
 drive summary --replica-kills "$REPLICA_KILLS" --redis-stops "$REDIS_STOPS" \
   --victim-served "$VICTIM_SERVED" --next-upstream "$NEXT_UPSTREAM" \
   --inflight-killed "$INFLIGHT_KILLED" \

@@ -794,6 +794,54 @@ def cmd_revoke(args):
 
 
 # ---------------------------------------------------------------------------------------------
+# metrics
+
+# What an operator looks at after such a run: decisions by outcome, the Redis nodes as each
+# replica sees them, quorum failures and database-only fallbacks, retries, replays, rate limits.
+METRIC_FAMILIES = ("walletd_decisions_total", "walletd_redis_node_up", "walletd_redis_quorum",
+                   "walletd_redlock_quorum_failures_total", "walletd_lock_database_only_total",
+                   "walletd_transaction_retries_total", "walletd_idempotent_replays_total",
+                   "walletd_rate_limited_total", "walletd_admission_unchecked_total")
+GAUGE_FAMILIES = ("walletd_redis_node_up", "walletd_redis_quorum")
+
+
+def cmd_metrics(args):
+    """Scrapes every replica's /metrics and prints the families above: counters summed over
+    replicas (a restarted replica counts from its restart; series still at 0 are left out),
+    gauges as each replica reports them."""
+    counters, gauges = {}, {}
+    for base in args.replicas:
+        url = urlsplit(base)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+        try:
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        except OSError as error:
+            log(f"metrics: {base}: {error}")
+            return 1
+        finally:
+            conn.close()
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(METRIC_FAMILIES):
+                continue
+            series, _, value = line.rpartition(" ")
+            family = series.split("{")[0]
+            if family not in METRIC_FAMILIES:
+                continue
+            if family in GAUGE_FAMILIES:
+                gauges.setdefault(series, []).append(f"{float(value):g}")
+            else:
+                counters[series] = counters.get(series, 0.0) + float(value)
+    log(f"metrics after the run: counters summed over {len(args.replicas)} replicas, "
+        "gauges per replica")
+    for series in sorted(s for s, total in counters.items() if total):
+        log(f"  {series} {counters[series]:g}")
+    for series in sorted(gauges):
+        log(f"  {series} {'/'.join(gauges[series])}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # summary
 
 def cmd_summary(args):
@@ -888,6 +936,7 @@ def main():
     p.add_argument("--label", required=True)
     p.add_argument("--bound-ms", type=int, default=1000)
     p.add_argument("--slack-ms", type=int, default=150)
+    sub.add_parser("metrics")
     p = sub.add_parser("summary")
     p.add_argument("--replica-kills", type=int, default=0)
     p.add_argument("--redis-stops", type=int, default=0)
@@ -901,7 +950,8 @@ def main():
                    help="requests nginx moved to another replica")
     args = parser.parse_args()
     handler = {"setup": cmd_setup, "load": cmd_load, "settle": cmd_settle, "verify": cmd_verify,
-               "ratelimit": cmd_ratelimit, "revoke": cmd_revoke, "summary": cmd_summary}[args.phase]
+               "ratelimit": cmd_ratelimit, "revoke": cmd_revoke, "metrics": cmd_metrics,
+               "summary": cmd_summary}[args.phase]
     return handler(args) or 0
 
 

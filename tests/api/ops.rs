@@ -10,7 +10,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_problem, base_settings, new_key, server_url};
+use crate::helpers::{TestApp, assert_problem, base_settings, new_key, sample, server_url};
 
 const OPERATIONAL_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
@@ -37,26 +37,6 @@ fn essence(headers: &HeaderMap) -> String {
         .unwrap()
         .trim()
         .to_ascii_lowercase()
-}
-
-/// The value of the Prometheus sample `name{…}` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let matches = metric == name
-                && labels.iter().all(|(k, v)| {
-                    label_text
-                        .split(',')
-                        .any(|pair| pair == format!("{k}=\"{v}\""))
-                });
-            matches.then(|| value.parse::<f64>().unwrap())
-        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
