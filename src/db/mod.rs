@@ -6,6 +6,7 @@
 
 pub mod errors;
 pub mod models;
+pub mod pipelined;
 pub mod routes;
 pub mod schema;
 

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::schema::{api_keys, holds, ledger_entries, wallets};
+use super::schema::{api_keys, holds, idempotency_keys, ledger_entries, wallets};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
@@ -44,6 +44,22 @@ pub struct NewWallet<'a> {
     /// Bound by the service (no volatile default in a write to a wallet table).
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An idempotency key's one row, written with the answer it stores.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = idempotency_keys)]
+pub struct NewStoredAnswer<'a> {
+    pub result_id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: &'a str,
+    pub fingerprint: &'a [u8],
+    pub wallet_id: Option<Uuid>,
+    pub state: &'static str,
+    pub response_status: i16,
+    pub response_body: &'a [u8],
+    pub created_at: DateTime<Utc>,
+    pub completed_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable)]

@@ -33,20 +33,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use diesel_async::AsyncConnection;
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use super::append::entry_time;
 use super::changes::Changes;
 use super::deadline::Deadline;
-use super::idempotency::{Claim, IdempotentRequest};
+use super::idempotency::{self, Claim, IdempotentRequest};
 use super::ledger::{self, EntryCommand};
 use super::lock::{QueuePlace, WalletLockGuard};
 use super::outcome::{Outcome, PipelineError, StoredResponse};
 use super::transaction::{self, TxError};
 use super::{LayerClock, Pipeline};
 use crate::balance_cache::Mark;
+use crate::db::pipelined;
 use crate::domain::{TenantId, WalletId};
 use crate::outbox;
 
@@ -328,43 +328,50 @@ impl Pipeline {
         transaction::transaction_within_deadline(&deadline, conn, async |conn| {
             let mut attempt = 1;
             loop {
-                let outcome = conn
-                    .transaction(async |c| {
-                        transaction::bound_statements(c, &deadline, database)
-                            .await
-                            .map_err(TxError::Db)?;
-                        let mut changes = Changes::default();
-                        let mut verdicts = Vec::with_capacity(jobs.len());
-                        for job in jobs {
-                            let written = changes.events().len();
-                            let verdict =
-                                match ledger::post_entry_once(c, &job.claim, &job.entry, &mut changes)
-                                    .await
-                                {
-                                    Ok(response) => Ok(response),
-                                    Err(TxError::Rejected(reason)) => {
-                                        Err(PipelineError::Rejected(reason))
-                                    }
-                                    Err(failure) => return Err(failure),
-                                };
-                            // Its events (held money it found expired, its entry) and its answer.
-                            let events = &changes.events()[written..];
-                            match &verdict {
-                                Ok(response) => {
-                                    tokio::try_join!(
-                                        biased;
-                                        async { outbox::insert(c, events).await.map_err(TxError::from) },
-                                        job.claim.complete(c, response, entry_time())
-                                    )?;
-                                }
-                                Err(_) => outbox::insert(c, events).await?,
-                            }
-                            verdicts.push(verdict);
-                        }
-                        let mark = self.effects.before_commit(&changes).await;
-                        Ok::<_, TxError>((verdicts, changes, mark))
-                    })
-                    .await;
+                // BEGIN with the row lock; each entry's wallet update and ledger insert (one
+                // round trip each); every event and every answer with COMMIT.
+                let outcome = transaction::attempt(conn, async |c| {
+                    let Job { claim, entry, .. } = &jobs[0];
+                    let mut wallet = transaction::begin_locked(
+                        c,
+                        &deadline,
+                        database,
+                        claim.tenant(),
+                        Some(entry.wallet),
+                    )
+                    .await?;
+                    let mut changes = Changes::default();
+                    let mut verdicts = Vec::with_capacity(jobs.len());
+                    for job in jobs {
+                        let posted =
+                            ledger::post_entry_once(c, &job.claim, wallet, &job.entry, &mut changes)
+                                .await?;
+                        wallet = posted.wallet;
+                        verdicts.push(posted.answer.map_err(PipelineError::Rejected));
+                    }
+                    let at = entry_time();
+                    let answers = jobs
+                        .iter()
+                        .zip(&verdicts)
+                        .filter_map(|(job, verdict)| {
+                            Some(job.claim.answer_row(verdict.as_ref().ok()?, at))
+                        })
+                        .collect();
+                    let (((), ()), mark) = pipelined::commit_with(
+                        c,
+                        async |c| {
+                            tokio::try_join!(
+                                biased;
+                                async { outbox::insert(c, changes.events()).await.map_err(TxError::from) },
+                                idempotency::store_answers(c, answers)
+                            )
+                        },
+                        self.effects.before_commit(&changes),
+                    )
+                    .await?;
+                    Ok::<_, TxError>((verdicts, changes, mark))
+                })
+                .await;
                 match outcome {
                     Ok(decided) => return Ok(Batched::Committed(decided)),
                     Err(TxError::KeyTaken) => return Ok(Batched::KeyTaken),

@@ -14,7 +14,6 @@ use rust_decimal::Decimal;
 use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -57,14 +56,15 @@ fn json_response<T: serde::Serialize>(status: u16, value: &T) -> Result<StoredRe
     Ok(StoredResponse { status, body })
 }
 
-/// Places a hold: the same checks as a debit, inside the wallet's row lock.
+/// Places a hold: the same checks as a debit, inside the wallet's row lock (`wallet`, the
+/// locked row; `None` if this tenant has no such wallet).
 pub(super) async fn place_once(
     conn: &mut PgConn,
     claim: &Claim,
+    wallet: Option<WalletRow>,
     command: &PlaceHoldCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
     let response = match wallet {
         None => Decline::WalletNotFound.stored(),
         Some(wallet) => {
@@ -140,10 +140,11 @@ fn refuse_to_reserve(wallet: &WalletRow, money: &Money) -> Option<Decline> {
 pub(super) async fn capture_once(
     conn: &mut PgConn,
     claim: &Claim,
+    wallet: Option<WalletRow>,
     command: &CaptureCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    let found = lock_hold(conn, claim, command.hold, wallet).await?;
     // The time of the decision: taken once the locks are held, never before a wait for them.
     let at = entry_time();
     let response = match found {
@@ -220,10 +221,11 @@ async fn capture(
 pub(super) async fn void_once(
     conn: &mut PgConn,
     claim: &Claim,
+    wallet: Option<WalletRow>,
     command: &VoidCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let found = lock_hold(conn, claim, command.hold, command.wallet).await?;
+    let found = lock_hold(conn, claim, command.hold, wallet).await?;
     // The time of the decision: taken once the locks are held, never before a wait for them.
     let at = entry_time();
     let response = match found {
@@ -242,18 +244,15 @@ pub(super) async fn void_once(
     Ok(response)
 }
 
-/// The hold's wallet row-locked, then the hold row-locked, re-checked against the wallet that
-/// was resolved before the lock; a hold that is missing (or another tenant's) is a decline.
+/// The hold row-locked, on its wallet's locked row (`None` if this tenant has no such wallet, or
+/// the hold's wallet was not found before the lock); a hold that is missing (or another
+/// tenant's) is a decline.
 async fn lock_hold(
     conn: &mut PgConn,
     claim: &Claim,
     hold: HoldId,
-    wallet: Option<WalletId>,
+    wallet: Option<WalletRow>,
 ) -> Result<Result<(WalletRow, HoldRow), Decline>, TxError> {
-    let Some(wallet_id) = wallet else {
-        return Ok(Err(Decline::HoldNotFound));
-    };
-    let wallet = lock_wallet(conn, claim.tenant(), wallet_id).await?;
     let Some(wallet) = wallet else {
         return Ok(Err(Decline::HoldNotFound));
     };

@@ -32,6 +32,7 @@ use super::outcome::{PipelineError, StoredResponse};
 use super::replay_cache::{Lookup, ReplayCache};
 use super::transaction::{self, TxError};
 use crate::db::PgPool;
+use crate::db::models::NewStoredAnswer;
 use crate::db::schema::idempotency_keys as keys;
 use crate::domain::{HoldId, IdempotencyKey, TenantId, TransactionId, WalletId};
 
@@ -260,27 +261,31 @@ impl Claim {
     /// answered from that row.
     pub async fn complete(
         &self,
-        mut conn: &crate::db::PgConn,
+        conn: &crate::db::PgConn,
         response: &StoredResponse,
         at: DateTime<Utc>,
     ) -> Result<(), TxError> {
-        let status = i16::try_from(response.status).unwrap_or(500);
-        let inserted = diesel::insert_into(keys::table)
-            .values((
-                keys::result_id.eq(self.result_id()),
-                keys::tenant_id.eq(self.request.tenant.as_uuid()),
-                keys::idempotency_key.eq(self.request.key.as_str()),
-                keys::fingerprint.eq(&self.request.fingerprint.0[..]),
-                keys::wallet_id.eq(self.request.wallet.map(|w| w.as_uuid())),
-                keys::state.eq("completed"),
-                keys::response_status.eq(status),
-                keys::response_body.eq(&response.body),
-                keys::created_at.eq(at),
-                keys::completed_at.eq(at),
-            ))
-            .execute(&mut conn)
-            .await;
-        inserted.map(drop).map_err(TxError::from)
+        store_answers(conn, vec![self.answer_row(response, at)]).await
+    }
+
+    /// The key's row with `response` as its stored answer.
+    pub fn answer_row<'a>(
+        &'a self,
+        response: &'a StoredResponse,
+        at: DateTime<Utc>,
+    ) -> NewStoredAnswer<'a> {
+        NewStoredAnswer {
+            result_id: self.result_id(),
+            tenant_id: self.request.tenant.as_uuid(),
+            idempotency_key: self.request.key.as_str(),
+            fingerprint: &self.request.fingerprint.0[..],
+            wallet_id: self.request.wallet.map(|w| w.as_uuid()),
+            state: "completed",
+            response_status: i16::try_from(response.status).unwrap_or(500),
+            response_body: &response.body,
+            created_at: at,
+            completed_at: at,
+        }
     }
 
     /// The key's answer is settled (committed by us, or found stored): cache it for the next
@@ -299,6 +304,24 @@ impl Claim {
             self.cache.unmark(&self.request, token).await;
         }
     }
+}
+
+/// Stores answers in the transaction of their business writes, one statement for all of
+/// them (a batch's). A key whose row is already there is [`TxError::KeyTaken`] (see
+/// [`Claim::complete`]).
+pub async fn store_answers(
+    mut conn: &crate::db::PgConn,
+    rows: Vec<NewStoredAnswer<'_>>,
+) -> Result<(), TxError> {
+    let insert = diesel::insert_into(keys::table);
+    // One row (most requests) as its own statement, prepared once per connection; the
+    // multi-row statement's text depends on its row count.
+    let inserted = match <[_; 1]>::try_from(rows) {
+        Ok([row]) => insert.values(row).execute(&mut conn).await,
+        Err(rows) if rows.is_empty() => return Ok(()),
+        Err(rows) => insert.values(rows).execute(&mut conn).await,
+    };
+    inserted.map(drop).map_err(TxError::from)
 }
 
 impl Drop for Claim {

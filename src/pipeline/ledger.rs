@@ -12,7 +12,6 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -121,15 +120,24 @@ fn decide(wallet: Option<&WalletRow>, command: &EntryCommand) -> Verdict {
     }
 }
 
-/// Layers 3 and 4 for one entry, inside the transaction: returns the response to send (and
-/// that is stored with it).
+/// What one entry did inside the transaction.
+pub(super) struct Posted {
+    /// The response to send (and store), or why the entry was refused against the locked row
+    /// (a 400, stored nowhere).
+    pub answer: Result<StoredResponse, String>,
+    /// The wallet as the entry left it (for the next entry of a batch).
+    pub wallet: Option<WalletRow>,
+}
+
+/// Layers 3 and 4 for one entry, inside the transaction, on the wallet row the transaction
+/// has locked (`None` if this tenant has no such wallet).
 pub(super) async fn post_entry_once(
     conn: &mut PgConn,
     claim: &Claim,
+    wallet: Option<WalletRow>,
     command: &EntryCommand,
     changes: &mut Changes,
-) -> Result<StoredResponse, TxError> {
-    let wallet = lock_wallet(conn, claim.tenant(), command.wallet).await?;
+) -> Result<Posted, TxError> {
     let at = entry_time();
     let wallet = match wallet {
         Some(wallet) => Some(release_expired_holds(conn, wallet, at, changes).await?),
@@ -138,7 +146,12 @@ pub(super) async fn post_entry_once(
 
     let response = match decide(wallet.as_ref(), command) {
         Verdict::Decline(decline) => decline.stored(),
-        Verdict::Reject(reason) => return Err(TxError::Rejected(reason)),
+        Verdict::Reject(reason) => {
+            return Ok(Posted {
+                answer: Err(reason),
+                wallet,
+            });
+        }
         Verdict::Apply { balance_after } => {
             let Some(wallet) = wallet else {
                 return Err(TxError::Render(anyhow::anyhow!(
@@ -166,10 +179,16 @@ pub(super) async fn post_entry_once(
             debug_assert_eq!(moved.balance, balance_after);
             changes.entry_appended(&shown, &moved, None)?;
             let body = serde_json::to_vec(&shown).map_err(|e| TxError::Render(e.into()))?;
-            StoredResponse { status: 201, body }
+            return Ok(Posted {
+                answer: Ok(StoredResponse { status: 201, body }),
+                wallet: Some(moved),
+            });
         }
     };
-    Ok(response)
+    Ok(Posted {
+        answer: Ok(response),
+        wallet,
+    })
 }
 
 #[cfg(test)]

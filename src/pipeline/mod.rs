@@ -43,13 +43,13 @@ pub mod transaction;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use diesel_async::AsyncConnection;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::balance_cache::Mark;
 use crate::config::{DatabaseSettings, Settings, ms};
-use crate::db::PgPool;
+use crate::db::models::WalletRow;
+use crate::db::{PgPool, pipelined};
 use crate::domain::{HoldId, TenantId, TransactionId, WalletId};
 use crate::metrics::Metrics;
 use crate::outbox;
@@ -117,26 +117,35 @@ impl Command {
         )
     }
 
-    /// Layers 3 and 4: inside the transaction, after the statements are bounded; the command
-    /// locks its wallet row, decides, and records in `changes` what it
-    /// changed. Storing the answer and the events is not its job: the pipeline does that once
-    /// for every command, in the same transaction.
+    /// Layers 3 and 4: inside the transaction, on the row of the wallet it [locks](Self::locks)
+    /// (already row-locked; `None` if it locks none or this tenant has no such wallet), the
+    /// command decides and records in `changes` what it changed. Storing the answer and the
+    /// events is not its job: the pipeline does that once for every command, in the same
+    /// transaction.
     async fn run_locked(
         &self,
         conn: &mut crate::db::PgConn,
         claim: &Claim,
+        wallet: Option<WalletRow>,
         changes: &mut Changes,
     ) -> Result<StoredResponse, TxError> {
         match self {
             Command::CreateWallet(create) => {
                 create_wallet::create_once(conn, claim, create, changes).await
             }
-            Command::Entry(entry) => ledger::post_entry_once(conn, claim, entry, changes).await,
-            Command::PlaceHold(place) => holds::place_once(conn, claim, place, changes).await,
-            Command::Capture(capture) => holds::capture_once(conn, claim, capture, changes).await,
-            Command::Void(void) => holds::void_once(conn, claim, void, changes).await,
+            Command::Entry(entry) => {
+                let posted = ledger::post_entry_once(conn, claim, wallet, entry, changes).await?;
+                posted.answer.map_err(TxError::Rejected)
+            }
+            Command::PlaceHold(place) => {
+                holds::place_once(conn, claim, wallet, place, changes).await
+            }
+            Command::Capture(capture) => {
+                holds::capture_once(conn, claim, wallet, capture, changes).await
+            }
+            Command::Void(void) => holds::void_once(conn, claim, wallet, void, changes).await,
             Command::Reverse(reverse) => {
-                reversal::reverse_once(conn, claim, reverse, changes).await
+                reversal::reverse_once(conn, claim, wallet, reverse, changes).await
             }
         }
     }
@@ -518,25 +527,29 @@ impl Pipeline {
         transaction::transaction_within_deadline(&deadline, conn, async |conn| {
             let mut attempt = 1;
             loop {
-                let outcome: Result<(StoredResponse, Changes, Mark), TxError> = conn
-                    .transaction(async |c| {
-                        transaction::bound_statements(c, &deadline, database)
-                            .await
-                            .map_err(TxError::Db)?;
+                // Three round trips: BEGIN with the row lock; the command's statements (a
+                // debit's wallet update and entry, pipelined); its events and its answer with
+                // COMMIT, the wallet's cache entry marked pending (Redis) before COMMIT is sent.
+                let outcome: Result<(StoredResponse, Changes, Mark), TxError> =
+                    transaction::attempt(conn, async |c| {
+                        let wallet = command.locks();
+                        let locked =
+                            transaction::begin_locked(c, &deadline, database, claim.tenant(), wallet)
+                                .await?;
                         let mut changes = Changes::default();
-                        let response = command.run_locked(c, claim, &mut changes).await?;
-                        // The events and the answer commit with the effect, for every command,
-                        // here: the two statements pipelined (one round trip), the cache mark
-                        // (Redis) overlapping them.
-                        let writes = async {
-                            tokio::try_join!(
-                                biased;
-                                async { outbox::insert(c, changes.events()).await.map_err(TxError::from) },
-                                claim.complete(c, &response, append::entry_time())
-                            )
-                        };
-                        let (written, mark) = tokio::join!(writes, effects.before_commit(&changes));
-                        written?;
+                        let response = command.run_locked(c, claim, locked, &mut changes).await?;
+                        let (((), ()), mark) = pipelined::commit_with(
+                            c,
+                            async |c| {
+                                tokio::try_join!(
+                                    biased;
+                                    async { outbox::insert(c, changes.events()).await.map_err(TxError::from) },
+                                    claim.complete(c, &response, append::entry_time())
+                                )
+                            },
+                            effects.before_commit(&changes),
+                        )
+                        .await?;
                         Ok((response, changes, mark))
                     })
                     .await;

@@ -11,7 +11,6 @@ use super::append::{Direction, NewEntry, append_entry, entry_time};
 use super::changes::Changes;
 use super::holds::release_expired_holds;
 use super::idempotency::Claim;
-use super::locked::lock_wallet;
 use super::outcome::{Decline, StoredResponse};
 use super::transaction::TxError;
 use crate::db::PgConn;
@@ -33,13 +32,10 @@ pub struct ReverseCommand {
 pub(super) async fn reverse_once(
     conn: &mut PgConn,
     claim: &Claim,
+    wallet: Option<WalletRow>,
     command: &ReverseCommand,
     changes: &mut Changes,
 ) -> Result<StoredResponse, TxError> {
-    let wallet = match command.wallet {
-        Some(wallet) => lock_wallet(conn, claim.tenant(), wallet).await?,
-        None => None,
-    };
     let response = match wallet {
         None => Decline::TransactionNotFound.stored(),
         Some(wallet) => match original(conn, &wallet, command.transaction).await? {

@@ -2,17 +2,19 @@
 //! request's deadline, the retry rule, and what can stop it from committing (with what the
 //! client sees then).
 
-use diesel_async::SimpleAsyncConnection;
 use diesel_async::pooled_connection::deadpool::Object;
 
 use std::future::Future;
 
 use super::deadline::Deadline;
 use super::idempotency::KEY_TAKEN_CONSTRAINTS;
+use super::locked::lock_wallet;
 use super::outcome::PipelineError;
 use crate::config::DatabaseSettings;
 use crate::db::errors::{DbFailure, classify};
-use crate::db::{PgConn, PgPool};
+use crate::db::models::WalletRow;
+use crate::db::{PgConn, PgPool, pipelined};
+use crate::domain::{TenantId, WalletId};
 
 /// Times a transaction that failed with a serialization failure or deadlock is run in all.
 pub const TRANSACTION_ATTEMPTS_MAX: u32 = 3;
@@ -90,20 +92,46 @@ pub async fn connection(
 /// that spent its deadline waiting for a row answers `lock_timeout`, which is what happened.
 const LOCK_WAIT_MARGIN_MS: u64 = 50;
 
-/// The first statement of every pipeline transaction: no statement runs longer than the time
-/// left nor `database.statement_timeout_ms`, and no row lock is waited for longer than that nor
-/// `database.lock_timeout_ms`. (These bound each statement; [`within_deadline`] bounds the
-/// whole transaction.) Every pooled session already has the configured timeouts, so while the
-/// time left exceeds them (most requests) there is nothing to tighten and no statement is sent.
-pub async fn bound_statements(
+/// Opens a pipeline transaction and row-locks `wallet` (as `tenant` sees it) in one round
+/// trip: BEGIN, then, if the time left calls for them, timeouts tighter than the session's,
+/// then the lock. No statement then runs longer than the time left nor
+/// `database.statement_timeout_ms`, and no row lock is waited for longer than that nor
+/// `database.lock_timeout_ms` (these bound each statement; [`transaction_within_deadline`]
+/// bounds the whole transaction). Every pooled session already has the configured timeouts, so
+/// while the time left exceeds them (most requests) nothing is tightened.
+pub async fn begin_locked(
     conn: &mut PgConn,
     deadline: &Deadline,
     database: &DatabaseSettings,
-) -> Result<(), diesel::result::Error> {
-    let Some(tightened) = tightened_timeouts(deadline.remaining_ms(), database) else {
-        return Ok(());
-    };
-    conn.batch_execute(&tightened).await
+    tenant: TenantId,
+    wallet: Option<WalletId>,
+) -> Result<Option<WalletRow>, TxError> {
+    let tightened = tightened_timeouts(deadline.remaining_ms(), database);
+    pipelined::begin_with(conn, tightened.as_deref(), async |conn| match wallet {
+        Some(wallet) => lock_wallet(conn, tenant, wallet).await,
+        None => Ok(None),
+    })
+    .await
+}
+
+/// One attempt of a pipeline transaction: `body` opens it with [`begin_locked`] and ends it
+/// with [`pipelined::commit_with`]; whatever it leaves open (it failed, or returned early) is
+/// rolled back here.
+pub async fn attempt<T>(
+    conn: &mut PgConn,
+    body: impl AsyncFnOnce(&mut PgConn) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    let result = body(conn).await;
+    if !pipelined::is_open(conn) {
+        return result;
+    }
+    pipelined::roll_back_if_open(conn).await;
+    match result {
+        Ok(_) => Err(TxError::Render(anyhow::anyhow!(
+            "a transaction body returned without committing"
+        ))),
+        failed => failed,
+    }
 }
 
 /// `SET LOCAL` for timeouts shorter than the session's, if the time left calls for them.

@@ -22,6 +22,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod outbox;
+mod pipelined;
 mod redlock;
 mod reversals;
 mod row_lock;
