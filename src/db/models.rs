@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::schema::{api_keys, holds, idempotency_keys, ledger_entries, wallets};
+use super::schema::{api_keys, holds, ledger_entries, wallets};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
@@ -46,9 +46,9 @@ pub struct NewWallet<'a> {
     pub updated_at: DateTime<Utc>,
 }
 
-/// An idempotency key's one row, written with the answer it stores.
-#[derive(Debug, Insertable)]
-#[diesel(table_name = idempotency_keys)]
+/// An idempotency key's one row, written with the answer it stores
+/// (`pipeline::idempotency::store_answers`).
+#[derive(Debug)]
 pub struct NewStoredAnswer<'a> {
     pub result_id: Uuid,
     pub tenant_id: Uuid,

@@ -4,21 +4,25 @@
 //! five round trips.
 //!
 //! Why this is as safe as `transaction()`:
-//! - **Order.** A statement is sent when its future is first polled, and the futures here are
-//!   polled in the order written (`biased`). diesel's statements also queue one after the other
-//!   on the connection's statement cache (a statement being prepared holds the ones behind it),
-//!   so COMMIT, itself a cached prepared statement, is sent after every write before it even
-//!   when one of them is still being prepared. BEGIN is a simple query, sent at once, before
-//!   the first statement is polled.
+//! - **Order.** diesel-async queues a statement on the connection's statement cache (a mutex,
+//!   first come first served) when its future is first polled, and sends it (preparing it
+//!   first if it is not cached) while holding that place; the futures here are polled in the
+//!   order written (`biased`). COMMIT is itself a cached prepared statement, polled after the
+//!   writes, so it is sent after every one of them, even one still being prepared. BEGIN is a
+//!   simple query, sent at once, before the first statement is polled. This rests on
+//!   diesel-async's internals (its version is pinned in Cargo.toml) and on two rules for the
+//!   writes given to [`commit_with`], stated there.
 //! - **All or nothing.** A statement that fails aborts the transaction, and Postgres answers
 //!   the COMMIT of an aborted transaction by rolling back, so nothing after a failed write
 //!   commits. A write that fails before it is sent (its binds did not serialize) ends the
 //!   `try_join` before COMMIT is polled: COMMIT is never sent, and [`roll_back_if_open`] ends
 //!   the transaction.
 //! - **The pool.** diesel's transaction manager is told the transaction is open from BEGIN until
-//!   COMMIT or ROLLBACK has answered, so a connection dropped in between (a panic, a deadline,
-//!   a failed ROLLBACK) counts as broken: the pool closes it (Postgres then rolls back) instead
-//!   of handing it to the next request inside this transaction.
+//!   COMMIT or ROLLBACK has answered, so a connection left inside it (a failed ROLLBACK, a
+//!   dropped future) counts as broken: the pool refuses it at its next checkout instead of
+//!   handing it out inside this transaction. Closing it at once, so that Postgres rolls back and
+//!   frees its row locks right away, is the caller's job
+//!   (`pipeline::transaction::transaction_within_deadline` does).
 
 use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
 use diesel::pg::Pg;
@@ -67,6 +71,10 @@ pub async fn begin_with<T, E>(
 where
     E: From<Error>,
 {
+    // Never a BEGIN inside a transaction that did not end (Postgres would only warn).
+    if is_open(conn) {
+        return Err(E::from(Error::AlreadyInTransaction));
+    }
     note(conn, TransactionDepthChange::IncreaseDepth)?;
     let begin = match setup {
         Some(setup) => format!("BEGIN; {setup}"),
@@ -85,6 +93,15 @@ where
 /// Commits with `last` (the transaction's last writes) in one round trip; `before` runs
 /// after the writes are sent and before COMMIT is (work that must precede the commit, such as
 /// marking a cache entry pending) and its result is returned with the writes'.
+///
+/// `last` must start every one of its statements on its first poll (join them, never await
+/// one before starting the next), and they must bind no custom Postgres type (diesel-async
+/// looks those up before it queues the statement): otherwise COMMIT could be sent first and
+/// the late statement run on its own, outside the transaction.
+///
+/// A COMMIT that Postgres turned into a rollback (an earlier statement failed) reports success
+/// like a real one; here every failed statement is also a failed `last`, so it cannot pass
+/// unseen.
 pub async fn commit_with<T, M, E>(
     conn: &mut PgConn,
     last: impl AsyncFnOnce(&PgConn) -> Result<T, E>,
@@ -102,27 +119,33 @@ where
             Ok(before)
         })
     };
-    if committed.is_ok() {
-        note(conn, TransactionDepthChange::DecreaseDepth)?;
+    if committed.is_ok()
+        && let Err(error) = note(conn, TransactionDepthChange::DecreaseDepth)
+    {
+        // Committed: the answer stands. The pool will refuse this connection.
+        tracing::error!(%error, "committed, but the transaction manager disagrees");
     }
     committed
 }
 
 /// Ends a transaction that did not commit. A ROLLBACK after a pipelined COMMIT that already
-/// ended it only draws a warning from Postgres. If the ROLLBACK fails the transaction stays
-/// marked open, so the pool closes the connection.
-pub async fn roll_back_if_open(conn: &mut PgConn) {
+/// ended it only draws a warning from Postgres. Returns whether the transaction is over; if
+/// the ROLLBACK failed it is not, and stays marked open, so the pool refuses the connection.
+pub async fn roll_back_if_open(conn: &mut PgConn) -> bool {
     if !is_open(conn) {
-        return;
+        return true;
     }
     match conn.batch_execute("ROLLBACK").await {
-        Ok(()) => {
-            if let Err(error) = note(conn, TransactionDepthChange::DecreaseDepth) {
+        Ok(()) => match note(conn, TransactionDepthChange::DecreaseDepth) {
+            Ok(()) => true,
+            Err(error) => {
                 tracing::error!(%error, "rolled back, but the transaction manager disagrees");
+                false
             }
-        }
+        },
         Err(error) => {
             tracing::warn!(%error, "ROLLBACK failed; the connection will be closed");
+            false
         }
     }
 }

@@ -11,13 +11,15 @@ mod store;
 pub mod tail;
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{self, Array, BigInt, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::PgConn;
-use crate::db::schema::outbox_events;
 use crate::representation::render_timestamp;
 pub use store::{PublishedKey, UnpublishedEvent};
 
@@ -116,50 +118,69 @@ impl NewEvent {
     }
 }
 
-/// One `outbox_events` row as a transaction writes it (unpublished).
-#[derive(Insertable)]
-#[diesel(table_name = outbox_events)]
-struct EventRow<'a> {
-    wallet_id: Uuid,
-    wallet_version: i64,
-    event_id: Uuid,
-    tenant_id: Uuid,
-    event_type: &'static str,
-    payload: &'a str,
-    occurred_at: DateTime<Utc>,
+/// A transaction's events as one `INSERT … SELECT FROM unnest(…)`, a column per array: one
+/// statement of fixed shape whatever the number of events, so it is prepared once per
+/// connection (a multi-row `VALUES` has a shape per row count and would be prepared each time).
+struct InsertEvents<'a> {
+    wallet_ids: Vec<Uuid>,
+    wallet_versions: Vec<i64>,
+    event_ids: Vec<Uuid>,
+    tenant_ids: Vec<Uuid>,
+    event_types: Vec<&'static str>,
+    payloads: Vec<&'a str>,
+    occurred_at: Vec<DateTime<Utc>>,
 }
 
-impl<'a> From<&'a NewEvent> for EventRow<'a> {
-    fn from(event: &'a NewEvent) -> Self {
+impl<'a> InsertEvents<'a> {
+    fn new(events: &'a [NewEvent]) -> Self {
         Self {
-            wallet_id: event.wallet_id,
-            wallet_version: event.wallet_version,
-            event_id: event.event_id,
-            tenant_id: event.tenant_id,
-            event_type: event.event_type.as_str(),
-            payload: &event.payload,
-            occurred_at: event.occurred_at,
+            wallet_ids: events.iter().map(|e| e.wallet_id).collect(),
+            wallet_versions: events.iter().map(|e| e.wallet_version).collect(),
+            event_ids: events.iter().map(|e| e.event_id).collect(),
+            tenant_ids: events.iter().map(|e| e.tenant_id).collect(),
+            event_types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            payloads: events.iter().map(|e| e.payload.as_str()).collect(),
+            occurred_at: events.iter().map(|e| e.occurred_at).collect(),
         }
     }
 }
 
-/// Writes a transaction's events, all in one statement (nothing when there are none). One
-/// event, the usual case, is a statement of fixed shape, prepared once per connection; a
-/// multi-row INSERT has a shape per row count and is prepared each time.
+impl QueryId for InsertEvents<'_> {
+    type QueryId = InsertEvents<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertEvents<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO outbox_events \
+             (wallet_id, wallet_version, event_id, tenant_id, event_type, payload, occurred_at) \
+             SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<sql_types::Uuid>, _>(&self.wallet_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<BigInt>, _>(&self.wallet_versions)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<sql_types::Uuid>, _>(&self.event_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<sql_types::Uuid>, _>(&self.tenant_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.event_types)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.payloads)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.occurred_at)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// Writes a transaction's events (unpublished), all in one statement; nothing when there are
+/// none.
 pub async fn insert(mut conn: &PgConn, events: &[NewEvent]) -> QueryResult<()> {
-    let insert = diesel::insert_into(outbox_events::table);
-    match events {
-        [] => return Ok(()),
-        [event] => {
-            insert
-                .values(EventRow::from(event))
-                .execute(&mut conn)
-                .await?
-        }
-        events => {
-            let rows: Vec<EventRow<'_>> = events.iter().map(EventRow::from).collect();
-            insert.values(rows).execute(&mut conn).await?
-        }
-    };
+    if events.is_empty() {
+        return Ok(());
+    }
+    InsertEvents::new(events).execute(&mut conn).await?;
     Ok(())
 }

@@ -329,7 +329,8 @@ impl Pipeline {
             let mut attempt = 1;
             loop {
                 // BEGIN with the row lock; each entry's wallet update and ledger insert (one
-                // round trip each); every event and every answer with COMMIT.
+                // round trip each); every event (one statement) and every answer (one
+                // statement) with COMMIT: 2 + n round trips for n entries, all under the lock.
                 let outcome = transaction::attempt(conn, async |c| {
                     let Job { claim, entry, .. } = &jobs[0];
                     let mut wallet = transaction::begin_locked(

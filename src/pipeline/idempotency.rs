@@ -22,7 +22,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel_async::RunQueryDsl;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -307,21 +309,87 @@ impl Claim {
 }
 
 /// Stores answers in the transaction of their business writes, one statement for all of
-/// them (a batch's). A key whose row is already there is [`TxError::KeyTaken`] (see
-/// [`Claim::complete`]).
+/// them (a batch's); nothing when there are none. A key whose row is already there is
+/// [`TxError::KeyTaken`] (see [`Claim::complete`]).
 pub async fn store_answers(
     mut conn: &crate::db::PgConn,
     rows: Vec<NewStoredAnswer<'_>>,
 ) -> Result<(), TxError> {
-    let insert = diesel::insert_into(keys::table);
-    // One row (most requests) as its own statement, prepared once per connection; the
-    // multi-row statement's text depends on its row count.
-    let inserted = match <[_; 1]>::try_from(rows) {
-        Ok([row]) => insert.values(row).execute(&mut conn).await,
-        Err(rows) if rows.is_empty() => return Ok(()),
-        Err(rows) => insert.values(rows).execute(&mut conn).await,
-    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let inserted = InsertAnswers::new(&rows).execute(&mut conn).await;
     inserted.map(drop).map_err(TxError::from)
+}
+
+/// Answers as one `INSERT … SELECT FROM unnest(…)`, a column per array: one statement of
+/// fixed shape whatever the number of rows, so it is prepared once per connection (a multi-row
+/// `VALUES` has a shape per row count and would be prepared each time).
+struct InsertAnswers<'a> {
+    result_ids: Vec<Uuid>,
+    tenant_ids: Vec<Uuid>,
+    keys: Vec<&'a str>,
+    fingerprints: Vec<&'a [u8]>,
+    wallet_ids: Vec<Option<Uuid>>,
+    states: Vec<&'static str>,
+    statuses: Vec<i16>,
+    bodies: Vec<&'a [u8]>,
+    created_at: Vec<DateTime<Utc>>,
+    completed_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> InsertAnswers<'a> {
+    fn new(rows: &'a [NewStoredAnswer<'a>]) -> Self {
+        Self {
+            result_ids: rows.iter().map(|r| r.result_id).collect(),
+            tenant_ids: rows.iter().map(|r| r.tenant_id).collect(),
+            keys: rows.iter().map(|r| r.idempotency_key).collect(),
+            fingerprints: rows.iter().map(|r| r.fingerprint).collect(),
+            wallet_ids: rows.iter().map(|r| r.wallet_id).collect(),
+            states: rows.iter().map(|r| r.state).collect(),
+            statuses: rows.iter().map(|r| r.response_status).collect(),
+            bodies: rows.iter().map(|r| r.response_body).collect(),
+            created_at: rows.iter().map(|r| r.created_at).collect(),
+            completed_at: rows.iter().map(|r| r.completed_at).collect(),
+        }
+    }
+}
+
+impl QueryId for InsertAnswers<'_> {
+    type QueryId = InsertAnswers<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertAnswers<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, Binary, Nullable, SmallInt, Text, Timestamptz};
+        out.push_sql(
+            "INSERT INTO idempotency_keys (result_id, tenant_id, idempotency_key, fingerprint, \
+             wallet_id, state, response_status, response_body, created_at, completed_at) \
+             SELECT * FROM unnest(",
+        );
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.result_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<diesel::sql_types::Uuid>, _>(&self.tenant_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.keys)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Binary>, _>(&self.fingerprints)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<diesel::sql_types::Uuid>>, _>(&self.wallet_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.states)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<SmallInt>, _>(&self.statuses)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Binary>, _>(&self.bodies)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.created_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Timestamptz>, _>(&self.completed_at)?;
+        out.push_sql(")");
+        Ok(())
+    }
 }
 
 impl Drop for Claim {

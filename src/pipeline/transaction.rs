@@ -93,7 +93,7 @@ pub async fn connection(
 const LOCK_WAIT_MARGIN_MS: u64 = 50;
 
 /// Opens a pipeline transaction and row-locks `wallet` (as `tenant` sees it) in one round
-/// trip: BEGIN, then, if the time left calls for them, timeouts tighter than the session's,
+/// trip (a command that locks no wallet pays for BEGIN alone): BEGIN, then, if the time left calls for them, timeouts tighter than the session's,
 /// then the lock. No statement then runs longer than the time left nor
 /// `database.statement_timeout_ms`, and no row lock is waited for longer than that nor
 /// `database.lock_timeout_ms` (these bound each statement; [`transaction_within_deadline`]
@@ -116,7 +116,8 @@ pub async fn begin_locked(
 
 /// One attempt of a pipeline transaction: `body` opens it with [`begin_locked`] and ends it
 /// with [`pipelined::commit_with`]; whatever it leaves open (it failed, or returned early) is
-/// rolled back here.
+/// rolled back here. If even the ROLLBACK fails, the attempt fails as unavailable, not
+/// retryable: its connection must not run another transaction.
 pub async fn attempt<T>(
     conn: &mut PgConn,
     body: impl AsyncFnOnce(&mut PgConn) -> Result<T, TxError>,
@@ -125,7 +126,9 @@ pub async fn attempt<T>(
     if !pipelined::is_open(conn) {
         return result;
     }
-    pipelined::roll_back_if_open(conn).await;
+    if !pipelined::roll_back_if_open(conn).await {
+        return Err(TxError::Db(diesel::result::Error::BrokenTransactionManager));
+    }
     match result {
         Ok(_) => Err(TxError::Render(anyhow::anyhow!(
             "a transaction body returned without committing"
@@ -153,20 +156,38 @@ fn tightened_timeouts(left_ms: u64, database: &DatabaseSettings) -> Option<Strin
 /// transaction's future is dropped mid-statement and the connection is taken out of the pool
 /// and closed: Postgres rolls back at once, freeing the row lock and the uncommitted rows (a
 /// connection returned to the pool would hold them, idle in transaction, until its next
-/// checkout). If the deadline fell during COMMIT the outcome is unknown to us, which is safe: a
-/// committed answer stays, and a retry is answered from it.
+/// checkout). The same holds if the task is dropped or panics inside the transaction. If the
+/// deadline fell during COMMIT the outcome is unknown to us, which is safe: a committed answer
+/// stays, and a retry is answered from it.
 pub async fn transaction_within_deadline<T>(
     deadline: &Deadline,
-    mut conn: Object<PgConn>,
+    conn: Object<PgConn>,
     transaction: impl AsyncFnOnce(&mut PgConn) -> Result<T, PipelineError>,
 ) -> Result<T, PipelineError> {
-    let bounded = deadline
-        .bound("the transaction", transaction(&mut conn))
-        .await;
+    let mut guarded = ClosedIfOpen(Some(conn));
+    let Some(conn) = guarded.0.as_deref_mut() else {
+        return Err(PipelineError::Internal(anyhow::anyhow!("no connection")));
+    };
+    let bounded = deadline.bound("the transaction", transaction(conn)).await;
     bounded.unwrap_or_else(|passed| {
-        drop(Object::take(conn));
+        drop(guarded.0.take().map(Object::take));
         Err(PipelineError::Unavailable(passed.into()))
     })
+}
+
+/// A pooled connection that is closed rather than pooled if it is dropped inside a
+/// transaction (see [`transaction_within_deadline`]).
+struct ClosedIfOpen(Option<Object<PgConn>>);
+
+impl Drop for ClosedIfOpen {
+    fn drop(&mut self) {
+        if let Some(mut conn) = self.0.take()
+            && pipelined::is_open(&mut conn)
+        {
+            tracing::warn!("a connection was left inside a transaction; closing it");
+            drop(Object::take(conn));
+        }
+    }
 }
 
 /// Runs a read within the deadline (a read-only statement outside a transaction: dropping it
