@@ -394,8 +394,9 @@ for scenario in $SCENARIOS; do
       ;;
     sql)
       [ "${targets[0]:-}" = new ] || die "the sql workload needs the new target"
+      # The setup's wallets (created first; the reads workload adds its own later).
       psql_do walletd_bench_new -c "DROP TABLE IF EXISTS bench_ids" -c \
-        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id, tenant_id FROM wallets" \
+        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id, tenant_id FROM (SELECT id, tenant_id FROM wallets ORDER BY created_at, id LIMIT $WALLETS) setup" \
         -c "CREATE UNIQUE INDEX ON bench_ids (n)"
       [ "$(psql_do walletd_bench_new -c 'SELECT count(*) FROM bench_ids')" = "$WALLETS" ] \
         || die "sql: walletd_bench_new does not hold $WALLETS wallets"
