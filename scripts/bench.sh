@@ -448,7 +448,8 @@ if [[ " $SCENARIOS " == *" sql "* ]]; then
   raw=$(median <<<"${rps[sql,raw]}") own=$(median <<<"${rps[sql,walletd]}")
   echo "sql      median tps: raw $raw; walletd's statements $own ($(ratio "$own" "$raw") x raw)"
   if [[ " $SCENARIOS " == *" uniform "* ]]; then
-    echo "sql      walletd over HTTP (uniform) / its own statements through pgbench: $(ratio "$b" "$own")"
+    http=$(median <<<"${rps[uniform,new]}")
+    echo "sql      walletd over HTTP (uniform) / its own statements through pgbench: $(ratio "$http" "$own")"
   fi
 fi
 for scenario in hot replay; do
