@@ -7,6 +7,7 @@
 pub mod errors;
 pub mod models;
 pub mod pipelined;
+pub mod prepared;
 pub mod routes;
 pub mod schema;
 

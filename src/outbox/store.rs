@@ -13,6 +13,7 @@ use diesel_async::RunQueryDsl;
 use uuid::Uuid;
 
 use crate::db::PgConn;
+use crate::db::prepared::Prepared;
 
 /// Which relay partition a wallet belongs to: the last byte of its id (random in a UUIDv7)
 /// modulo the partition count. The same expression is used in SQL.
@@ -54,14 +55,16 @@ pub async fn unpublished(
     limit: u32,
 ) -> diesel::QueryResult<Vec<UnpublishedEvent>> {
     let held: Vec<i32> = held.iter().map(|p| i32::from(*p)).collect();
-    diesel::sql_query(
-        "SELECT wallet_id, wallet_version, payload, occurred_at FROM outbox_events \
+    Prepared(
+        diesel::sql_query(
+            "SELECT wallet_id, wallet_version, payload, occurred_at FROM outbox_events \
          WHERE published_at IS NULL AND get_byte(uuid_send(wallet_id), 15) % $1 = ANY($2) \
          ORDER BY wallet_id, wallet_version LIMIT $3",
+        )
+        .bind::<Integer, _>(i32::from(partitions))
+        .bind::<Array<Integer>, _>(held)
+        .bind::<BigInt, _>(i64::from(limit)),
     )
-    .bind::<Integer, _>(i32::from(partitions))
-    .bind::<Array<Integer>, _>(held)
-    .bind::<BigInt, _>(i64::from(limit))
     .load(conn)
     .await
 }
@@ -74,14 +77,16 @@ pub async fn mark_published(
 ) -> diesel::QueryResult<usize> {
     let wallets: Vec<Uuid> = keys.iter().map(|k| k.wallet_id).collect();
     let versions: Vec<i64> = keys.iter().map(|k| k.wallet_version).collect();
-    diesel::sql_query(
-        "UPDATE outbox_events SET published_at = $3 \
+    Prepared(
+        diesel::sql_query(
+            "UPDATE outbox_events SET published_at = $3 \
          WHERE (wallet_id, wallet_version) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[])) \
            AND published_at IS NULL",
+        )
+        .bind::<Array<SqlUuid>, _>(wallets)
+        .bind::<Array<BigInt>, _>(versions)
+        .bind::<Timestamptz, _>(at),
     )
-    .bind::<Array<SqlUuid>, _>(wallets)
-    .bind::<Array<BigInt>, _>(versions)
-    .bind::<Timestamptz, _>(at)
     .execute(conn)
     .await
 }
@@ -92,24 +97,28 @@ pub async fn prune(
     before: DateTime<Utc>,
     batch: u32,
 ) -> diesel::QueryResult<usize> {
-    diesel::sql_query(
-        "DELETE FROM outbox_events WHERE (wallet_id, wallet_version) IN ( \
+    Prepared(
+        diesel::sql_query(
+            "DELETE FROM outbox_events WHERE (wallet_id, wallet_version) IN ( \
              SELECT wallet_id, wallet_version FROM outbox_events \
              WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
+        )
+        .bind::<Timestamptz, _>(before)
+        .bind::<BigInt, _>(i64::from(batch)),
     )
-    .bind::<Timestamptz, _>(before)
-    .bind::<BigInt, _>(i64::from(batch))
     .execute(conn)
     .await
 }
 
 /// How many events wait to be published (counted up to `cap`, so the count stays cheap).
 pub async fn backlog(conn: &mut PgConn, cap: i64) -> diesel::QueryResult<i64> {
-    let counted: Count = diesel::sql_query(
-        "SELECT count(*) AS count FROM \
+    let counted: Count = Prepared(
+        diesel::sql_query(
+            "SELECT count(*) AS count FROM \
          (SELECT 1 FROM outbox_events WHERE published_at IS NULL LIMIT $1) waiting",
+        )
+        .bind::<BigInt, _>(cap),
     )
-    .bind::<BigInt, _>(cap)
     .get_result(conn)
     .await?;
     Ok(counted.count)

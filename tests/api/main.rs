@@ -23,6 +23,7 @@ mod openapi;
 mod ops;
 mod outbox;
 mod pipelined;
+mod prepared;
 mod redlock;
 mod reversals;
 mod row_lock;
