@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::schema::{api_keys, holds, ledger_entries, wallets};
+use super::schema::{api_keys, holds, idempotency_keys, ledger_entries, wallets};
 
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
@@ -48,7 +48,8 @@ pub struct NewWallet<'a> {
 
 /// An idempotency key's one row, written with the answer it stores
 /// (`pipeline::idempotency::store_answers`).
-#[derive(Debug)]
+#[derive(Debug, Insertable)]
+#[diesel(table_name = idempotency_keys)]
 pub struct NewStoredAnswer<'a> {
     pub result_id: Uuid,
     pub tenant_id: Uuid,

@@ -20,6 +20,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::PgConn;
+use crate::db::schema::outbox_events;
 use crate::representation::render_timestamp;
 pub use store::{PublishedKey, UnpublishedEvent};
 
@@ -175,12 +176,42 @@ impl QueryFragment<Pg> for InsertEvents<'_> {
     }
 }
 
+/// One `outbox_events` row as a transaction writes it (unpublished).
+#[derive(Insertable)]
+#[diesel(table_name = outbox_events)]
+struct EventRow<'a> {
+    wallet_id: Uuid,
+    wallet_version: i64,
+    event_id: Uuid,
+    tenant_id: Uuid,
+    event_type: &'static str,
+    payload: &'a str,
+    occurred_at: DateTime<Utc>,
+}
+
 /// Writes a transaction's events (unpublished), all in one statement; nothing when there are
-/// none.
+/// none. One event (a single debit's) is a plain `VALUES` row, which a distributed database
+/// routes to the wallet's shard by its `wallet_id`; more (a batch's) are one `unnest` statement.
 pub async fn insert(mut conn: &PgConn, events: &[NewEvent]) -> QueryResult<()> {
-    if events.is_empty() {
-        return Ok(());
+    match events {
+        [] => {}
+        [event] => {
+            diesel::insert_into(outbox_events::table)
+                .values(EventRow {
+                    wallet_id: event.wallet_id,
+                    wallet_version: event.wallet_version,
+                    event_id: event.event_id,
+                    tenant_id: event.tenant_id,
+                    event_type: event.event_type.as_str(),
+                    payload: &event.payload,
+                    occurred_at: event.occurred_at,
+                })
+                .execute(&mut conn)
+                .await?;
+        }
+        events => {
+            InsertEvents::new(events).execute(&mut conn).await?;
+        }
     }
-    InsertEvents::new(events).execute(&mut conn).await?;
     Ok(())
 }

@@ -315,10 +315,18 @@ pub async fn store_answers(
     mut conn: &crate::db::PgConn,
     rows: Vec<NewStoredAnswer<'_>>,
 ) -> Result<(), TxError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let inserted = InsertAnswers::new(&rows).execute(&mut conn).await;
+    // One row (a single request's) as a plain `VALUES` row, which a distributed database
+    // routes to the key's shard; more (a batch's) as one `unnest` statement.
+    let inserted = match <[_; 1]>::try_from(rows) {
+        Ok([row]) => {
+            diesel::insert_into(keys::table)
+                .values(row)
+                .execute(&mut conn)
+                .await
+        }
+        Err(rows) if rows.is_empty() => return Ok(()),
+        Err(rows) => InsertAnswers::new(&rows).execute(&mut conn).await,
+    };
     inserted.map(drop).map_err(TxError::from)
 }
 
