@@ -24,6 +24,8 @@
 //!   frees its row locks right away, is the caller's job
 //!   (`pipeline::transaction::transaction_within_deadline` does).
 
+use std::borrow::Cow;
+
 use diesel::connection::{TransactionDepthChange, TransactionManagerStatus};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -76,9 +78,9 @@ where
         return Err(E::from(Error::AlreadyInTransaction));
     }
     note(conn, TransactionDepthChange::IncreaseDepth)?;
-    let begin = match setup {
-        Some(setup) => format!("BEGIN; {setup}"),
-        None => "BEGIN".to_owned(),
+    let begin: Cow<'_, str> = match setup {
+        Some(setup) => format!("BEGIN; {setup}").into(),
+        None => "BEGIN".into(),
     };
     let conn: &PgConn = conn;
     let mut simple = conn;

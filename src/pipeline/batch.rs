@@ -351,7 +351,7 @@ impl Pipeline {
                         verdicts.push(posted.answer.map_err(PipelineError::Rejected));
                     }
                     let at = entry_time();
-                    let answers = jobs
+                    let answers: Vec<_> = jobs
                         .iter()
                         .zip(&verdicts)
                         .filter_map(|(job, verdict)| {
@@ -364,7 +364,7 @@ impl Pipeline {
                             tokio::try_join!(
                                 biased;
                                 async { outbox::insert(c, changes.events()).await.map_err(TxError::from) },
-                                idempotency::store_answers(c, answers)
+                                idempotency::store_answers(c, &answers)
                             )
                         },
                         self.effects.before_commit(&changes),

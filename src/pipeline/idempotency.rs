@@ -267,7 +267,7 @@ impl Claim {
         response: &StoredResponse,
         at: DateTime<Utc>,
     ) -> Result<(), TxError> {
-        store_answers(conn, vec![self.answer_row(response, at)]).await
+        store_answer(conn, &self.answer_row(response, at)).await
     }
 
     /// The key's row with `response` as its stored answer.
@@ -308,26 +308,34 @@ impl Claim {
     }
 }
 
-/// Stores answers in the transaction of their business writes, one statement for all of
-/// them (a batch's); nothing when there are none. A key whose row is already there is
+/// Stores one answer in the transaction of its business writes: a plain `VALUES` row, which
+/// a distributed database routes to the key's shard. A key whose row is already there is
 /// [`TxError::KeyTaken`] (see [`Claim::complete`]).
+async fn store_answer(
+    mut conn: &crate::db::PgConn,
+    row: &NewStoredAnswer<'_>,
+) -> Result<(), TxError> {
+    let inserted = diesel::insert_into(keys::table)
+        .values(row)
+        .execute(&mut conn)
+        .await;
+    inserted.map(drop).map_err(TxError::from)
+}
+
+/// Stores a batch's answers in one statement ([`store_answer`] for one); nothing when there
+/// are none.
 pub async fn store_answers(
     mut conn: &crate::db::PgConn,
-    rows: Vec<NewStoredAnswer<'_>>,
+    rows: &[NewStoredAnswer<'_>],
 ) -> Result<(), TxError> {
-    // One row (a single request's) as a plain `VALUES` row, which a distributed database
-    // routes to the key's shard; more (a batch's) as one `unnest` statement.
-    let inserted = match <[_; 1]>::try_from(rows) {
-        Ok([row]) => {
-            diesel::insert_into(keys::table)
-                .values(row)
-                .execute(&mut conn)
-                .await
+    match rows {
+        [] => Ok(()),
+        [row] => store_answer(conn, row).await,
+        rows => {
+            let inserted = InsertAnswers::new(rows).execute(&mut conn).await;
+            inserted.map(drop).map_err(TxError::from)
         }
-        Err(rows) if rows.is_empty() => return Ok(()),
-        Err(rows) => InsertAnswers::new(&rows).execute(&mut conn).await,
-    };
-    inserted.map(drop).map_err(TxError::from)
+    }
 }
 
 /// Answers as one `INSERT … SELECT FROM unnest(…)`, a column per array: one statement of
@@ -347,7 +355,7 @@ struct InsertAnswers<'a> {
 }
 
 impl<'a> InsertAnswers<'a> {
-    fn new(rows: &'a [NewStoredAnswer<'a>]) -> Self {
+    fn new(rows: &'a [NewStoredAnswer<'_>]) -> Self {
         Self {
             result_ids: rows.iter().map(|r| r.result_id).collect(),
             tenant_ids: rows.iter().map(|r| r.tenant_id).collect(),
